@@ -1,0 +1,99 @@
+"""Augmentations that respect the detector (REFERENCE.md), batched and random per jet.
+
+They act on a :class:`~e2essl.data.sparse.SparseBatch` of raw energies in GeV, so every random
+number is drawn either per jet (B,) or per non-zero pixel (nnz,), never per dense pixel, and all of
+it runs on whatever device holds the batch. No Python loop over jets.
+
+Exact on the pixel grid
+    * ``flip``: mirror in eta and/or in phi (each with probability 1/2);
+    * ``rotate90``: transpose eta <-> phi with probability 1/2; with the flips this draws uniformly
+      from the 8 symmetries of the square (all rotations by multiples of 90 degrees);
+    * ``max_shift``: integer shift in eta and phi in [-s, s] with zero fill (the image is a crop:
+      pixels pushed out are lost, nothing wraps around).
+
+Physics-motivated
+    * ``split_prob``: collinear splitting: a pixel gives a fraction U(0, 1/2) of its energy to one of
+      its 4 neighbours (JetCLR's jet augmentation, on the image grid); energy is conserved;
+    * ``scale_jitter``: per-jet, per-channel energy scale ``1 + N(0, s)`` (calibration);
+    * ``smear_stochastic``, ``smear_constant``: per-pixel resolution
+      ``sigma / E = a / sqrt(E) (+) b`` (calorimeter-like), clamped at zero energy;
+    * ``soft_dropout``, ``soft_threshold``: pixels below the threshold (GeV) vanish with this
+      probability (thresholds, inefficiency).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from e2essl.config import Augment
+from e2essl.data.sparse import SparseBatch
+
+# Exact-on-the-grid symmetries only: what supervised training uses.
+GEOMETRIC = Augment(max_shift=0, smear_stochastic=0.0, smear_constant=0.0, scale_jitter=0.0, soft_dropout=0.0, split_prob=0.0)
+NONE = Augment(
+    flip=False, rotate90=False, max_shift=0, smear_stochastic=0.0, smear_constant=0.0, scale_jitter=0.0, soft_dropout=0.0, split_prob=0.0
+)
+
+_NEIGHBOURS = ((1, 0), (-1, 0), (0, 1), (0, -1))
+
+
+def _uniform(n: int, gen: torch.Generator, device: torch.device) -> torch.Tensor:
+    return torch.rand(n, generator=gen, device=device)
+
+
+def augment(batch: SparseBatch, cfg: Augment, gen: torch.Generator) -> SparseBatch:
+    """One random view of every jet in ``batch``; ``gen`` lives on the batch's device."""
+    c, h, w = batch.image_shape
+    dev = batch.values.device
+    b, j = batch.size, batch.jet
+    ch, rest = torch.div(batch.pixel, h * w, rounding_mode="floor"), batch.pixel % (h * w)
+    row, col = torch.div(rest, w, rounding_mode="floor"), rest % w
+    values = batch.values
+
+    if cfg.flip:
+        flip_row = (_uniform(b, gen, dev) < 0.5)[j]
+        flip_col = (_uniform(b, gen, dev) < 0.5)[j]
+        row = torch.where(flip_row, h - 1 - row, row)
+        col = torch.where(flip_col, w - 1 - col, col)
+    if cfg.rotate90 and h == w:
+        swap = (_uniform(b, gen, dev) < 0.5)[j]
+        row, col = torch.where(swap, col, row), torch.where(swap, row, col)
+    if cfg.max_shift:
+        s = cfg.max_shift
+        shift = torch.randint(-s, s + 1, (2, b), generator=gen, device=dev)
+        row, col = row + shift[0][j], col + shift[1][j]
+        inside = (row >= 0) & (row < h) & (col >= 0) & (col < w)
+        row, col, ch, values, j = row[inside], col[inside], ch[inside], values[inside], j[inside]
+
+    if cfg.split_prob:
+        n = len(values)
+        chosen = _uniform(n, gen, dev) < cfg.split_prob
+        frac = 0.5 * _uniform(n, gen, dev)
+        direction = torch.randint(0, 4, (n,), generator=gen, device=dev)
+        steps = torch.tensor(_NEIGHBOURS, device=dev)[direction]  # (nnz, 2)
+        n_row, n_col = row + steps[:, 0], col + steps[:, 1]
+        chosen &= (n_row >= 0) & (n_row < h) & (n_col >= 0) & (n_col < w)
+        moved = torch.where(chosen, frac * values, torch.zeros_like(values))
+        values = values - moved
+        sel = torch.nonzero(chosen).view(-1)
+        # The neighbour's share becomes a new entry; densify() sums it with any energy already there.
+        row, col = torch.cat([row, n_row[sel]]), torch.cat([col, n_col[sel]])
+        ch, j, values = torch.cat([ch, ch[sel]]), torch.cat([j, j[sel]]), torch.cat([values, moved[sel]])
+
+    if cfg.scale_jitter:
+        scale = 1.0 + cfg.scale_jitter * torch.randn(b, c, generator=gen, device=dev)
+        values = values * scale[j, ch]
+    if cfg.smear_stochastic or cfg.smear_constant:
+        rel = torch.sqrt(cfg.smear_stochastic**2 / values.clamp_min(1e-6) + cfg.smear_constant**2)
+        values = values * (1.0 + rel * torch.randn(len(values), generator=gen, device=dev))
+    values = values.clamp_min(0.0)
+    keep = values > 0
+    if cfg.soft_dropout:
+        keep &= ~((values < cfg.soft_threshold) & (_uniform(len(values), gen, dev) < cfg.soft_dropout))
+    pixel = ch * (h * w) + row * w + col
+    return SparseBatch(values[keep], pixel[keep], j[keep], b, batch.image_shape)
+
+
+def two_views(batch: SparseBatch, cfg: Augment, gen: torch.Generator) -> tuple[SparseBatch, SparseBatch]:
+    """Two independent random views of each jet (the pair a joint-embedding method compares)."""
+    return augment(batch, cfg, gen), augment(batch, cfg, gen)

@@ -1,0 +1,1 @@
+"""Jet files (reading, checking, writing), the simulator, splits, sparse storage, preprocessing."""

@@ -1,0 +1,1 @@
+"""Training loops, written out plainly: supervised, self-supervised, GAN."""

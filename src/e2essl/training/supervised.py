@@ -1,0 +1,207 @@
+"""The supervised loop every classifier arm uses (scratch, finetune, linear probe), top to bottom.
+
+Per epoch: shuffle (a pure function of seed and epoch), optional exact-grid augmentation,
+BCE-with-logits, Adam, gradient clipping, a per-epoch learning-rate schedule; then score the
+validation split, keep the best epoch by validation ROC AUC (the only selection rule), and write a
+checkpoint. Rerunning with the same checkpoint path resumes after the last completed epoch and
+ends with the same weights as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from e2essl.augment import GEOMETRIC, augment
+from e2essl.checkpoint import rng_state, save_checkpoint, set_rng_state
+from e2essl.data.preprocess import Normaliser
+from e2essl.data.sparse import SparseJets, epoch_order, shard
+from e2essl.distributed import Dist
+from e2essl.metrics import classifier_metrics
+from e2essl.training.common import autocast, check_finite, epoch_generator, make_scheduler, predict_logits, to_model_input
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SupervisedPlan:
+    """The budget and rules of one supervised run."""
+
+    epochs: int
+    batch_size: int
+    schedule: str
+    seed: int  # data order and augmentation
+    augment: bool = True
+    grad_clip: float = 0.0
+    weight_decay: float = 0.0
+    # Epochs with the encoder frozen at the start (finetuning warm-up); all of them for a linear probe.
+    frozen_epochs: int = 0
+    mixed_precision: bool = False
+
+
+@dataclass
+class EpochRecord:
+    epoch: int  # 1-based
+    train_loss: float
+    val_loss: float
+    val_auc: float
+    val_accuracy: float
+    lr: float
+    seconds: float
+
+
+@dataclass
+class SupervisedResult:
+    best_state: dict[str, torch.Tensor]
+    best_epoch: int
+    best_val_auc: float
+    history: list[EpochRecord] = field(default_factory=list)
+
+    def history_dicts(self) -> list[dict]:
+        return [asdict(r) for r in self.history]
+
+
+def _set_encoder_trainable(model: nn.Module, trainable: bool) -> None:
+    for p in model.encoder_parameters():
+        p.requires_grad_(trainable)
+
+
+def train_supervised(
+    model: nn.Module,
+    param_groups: list[dict],
+    train: SparseJets,
+    val: SparseJets,
+    normaliser: Normaliser,
+    plan: SupervisedPlan,
+    device: torch.device,
+    checkpoint_path: str,
+    fingerprint: str,
+    resume: dict | None = None,
+    on_epoch: Callable[[EpochRecord], None] | None = None,
+    dist: Dist | None = None,
+    progress: bool = True,
+    extra_state: dict | None = None,
+) -> SupervisedResult:
+    """Train ``model`` on ``train``, select on ``val``; see the module docstring.
+
+    ``resume`` is a checkpoint loaded with :func:`~e2essl.checkpoint.load_checkpoint` (None starts
+    afresh); ``extra_state`` is stored in every checkpoint (the MLflow run id, for instance).
+    """
+    dist = dist or Dist()
+    probe_only = plan.frozen_epochs >= plan.epochs
+    _set_encoder_trainable(model, not probe_only)
+    # A warm-up with a frozen encoder leaves encoder gradients unused for a while; DDP must know.
+    ddp_model = (
+        nn.parallel.DistributedDataParallel(model, find_unused_parameters=0 < plan.frozen_epochs < plan.epochs) if dist.enabled else model
+    )
+    optimizer = torch.optim.Adam(param_groups, weight_decay=plan.weight_decay)
+    scheduler = make_scheduler(optimizer, plan.schedule, plan.epochs)
+    train_labels = train.labels.float()
+    val_labels = val.labels.numpy()
+    best_state, best_epoch, best_auc, history = copy.deepcopy(model.state_dict()), 0, -1.0, []
+    start_epoch = 0
+
+    state = resume
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        best_state, best_epoch, best_auc = state["best_state"], state["best_epoch"], state["best_val_auc"]
+        history = [EpochRecord(**h) for h in state["history"]]
+        set_rng_state(state["rng"])
+        start_epoch = state["epoch"] + 1
+        log.info("resuming from %s after epoch %d", checkpoint_path, start_epoch)
+
+    for epoch in range(start_epoch, plan.epochs):
+        t0 = time.perf_counter()
+        _set_encoder_trainable(model, epoch >= plan.frozen_epochs)
+        ddp_model.train()
+        order = epoch_order(len(train), plan.seed, epoch)
+        gen = epoch_generator(plan.seed, epoch, 1, device)
+        total_loss, total_n = 0.0, 0
+        batches = list(shard(order, plan.batch_size, dist.rank, dist.world, drop_last=False))
+        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{plan.epochs}", unit="batch", leave=False, disable=not (progress and dist.is_main))
+        for step, idx in enumerate(bar):
+            batch = train.gather(idx)
+            if plan.augment:
+                batch = augment(batch, GEOMETRIC, gen)
+            x = to_model_input(normaliser(batch), device)  # (b, C, H, W)
+            y = train_labels[idx].to(device)  # (b,)
+            with autocast(device, plan.mixed_precision):
+                logits = ddp_model(x)
+            # Sum over this rank's shard, divided by the global batch and times the world size:
+            # DDP's gradient average then equals the single-process mean over the global batch.
+            global_n = min(plan.batch_size, len(order) - step * plan.batch_size)
+            loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), y, reduction="sum") * (dist.world / global_n)
+            check_finite(loss, epoch, step, checkpoint_path)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if plan.grad_clip > 0:
+                nn.utils.clip_grad_norm_(model.parameters(), plan.grad_clip)
+            optimizer.step()
+            total_loss += float(loss.detach()) * global_n / dist.world
+            total_n += len(idx)
+            bar.set_postfix(loss=f"{total_loss / max(total_n, 1):.4f}")
+        lr = optimizer.param_groups[-1]["lr"]
+        scheduler.step()
+
+        val_probs = torch.sigmoid(predict_logits(model, val, normaliser, 256, device, mixed_precision=plan.mixed_precision)).numpy()
+        val_metrics = classifier_metrics(val_labels, val_probs)
+        record = EpochRecord(
+            epoch + 1,
+            total_loss / max(total_n, 1),
+            val_metrics["loss"],
+            val_metrics["roc_auc"],
+            val_metrics["accuracy"],
+            lr,
+            time.perf_counter() - t0,
+        )
+        history.append(record)
+        if record.val_auc > best_auc:
+            best_auc, best_epoch = record.val_auc, record.epoch
+            best_state = copy.deepcopy(model.state_dict())
+        log.info(
+            "epoch %d/%d  train loss %.4f  val loss %.4f  val AUC %.4f  val acc %.4f  lr %.2e  %.1fs",
+            record.epoch,
+            plan.epochs,
+            record.train_loss,
+            record.val_loss,
+            record.val_auc,
+            record.val_accuracy,
+            lr,
+            record.seconds,
+        )
+        if on_epoch is not None and dist.is_main:
+            on_epoch(record)
+        if dist.is_main:
+            save_checkpoint(
+                checkpoint_path,
+                {
+                    "fingerprint": fingerprint,
+                    "epoch": epoch,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "best_state": best_state,
+                    "best_epoch": best_epoch,
+                    "best_val_auc": best_auc,
+                    "history": [asdict(h) for h in history],
+                    "rng": rng_state(),
+                }
+                | (extra_state or {}),
+            )
+    _set_encoder_trainable(model, True)
+    return SupervisedResult(best_state, best_epoch, float(best_auc), history)
+
+
+def score(model: nn.Module, jets: SparseJets, normaliser: Normaliser, device: torch.device, batch_size: int = 256) -> np.ndarray:
+    """Quark probabilities (N,) for every jet."""
+    return torch.sigmoid(predict_logits(model, jets, normaliser, batch_size, device)).numpy()
