@@ -12,10 +12,17 @@ import torch
 from sklearn.metrics import log_loss, roc_auc_score, roc_curve
 
 
+def gluon_efficiency_at(labels: np.ndarray, scores: np.ndarray, quark_efficiency: np.ndarray) -> np.ndarray:
+    """The lowest gluon efficiency at each quark efficiency, interpolated linearly along the ROC curve."""
+    fpr, tpr, _ = roc_curve(labels, scores)
+    # Where several points share a quark efficiency, the first has the lowest gluon efficiency.
+    tpr_unique, first = np.unique(tpr, return_index=True)
+    return np.interp(quark_efficiency, tpr_unique, fpr[first])
+
+
 def rejection_at(labels: np.ndarray, scores: np.ndarray, signal_efficiency: float = 0.5) -> float:
     """Gluon rejection 1 / epsilon_g at the threshold that keeps ``signal_efficiency`` of quarks."""
-    fpr, tpr, _ = roc_curve(labels, scores)
-    eps_g = float(np.interp(signal_efficiency, tpr, fpr))
+    eps_g = float(gluon_efficiency_at(labels, scores, np.array([signal_efficiency]))[0])
     return 1.0 / eps_g if eps_g > 0 else math.inf
 
 
@@ -53,9 +60,8 @@ def bootstrap_auc(labels: np.ndarray, scores: np.ndarray, n_boot: int, seed: int
 
 def roc_points(labels: np.ndarray, scores: np.ndarray, n_points: int = 101) -> dict[str, list[float]]:
     """The ROC curve on a fixed grid of quark efficiencies: gluon efficiency at each."""
-    fpr, tpr, _ = roc_curve(labels, scores)
     grid = np.linspace(0.0, 1.0, n_points)
-    return {"quark_efficiency": grid.tolist(), "gluon_efficiency": np.interp(grid, tpr, fpr).tolist()}
+    return {"quark_efficiency": grid.tolist(), "gluon_efficiency": gluon_efficiency_at(labels, scores, grid).tolist()}
 
 
 def effective_rank(embeddings: torch.Tensor) -> float:

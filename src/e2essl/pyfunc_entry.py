@@ -4,9 +4,8 @@ MLflow executes this file when a registered model is loaded (``mlflow.pyfunc.loa
 weights come from the model's ``weights`` artifact (safetensors). Never imported by the package.
 """
 
-from typing import Any
-
 import mlflow
+import numpy as np
 from mlflow.models import set_model
 
 
@@ -19,7 +18,8 @@ class E2EModel(mlflow.pyfunc.PythonModel):
 
         self.predictor = Predictor.from_file(context.artifacts["weights"])
 
-    def predict(self, context, model_input: Any, params: dict[str, Any] | None = None) -> Any:
+    # np.ndarray: MLflow checks inputs against the logged tensor signature, not the type hint.
+    def predict(self, context, model_input: np.ndarray, params=None) -> np.ndarray:
         return self.predictor(model_input)
 
 
