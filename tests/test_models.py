@@ -56,7 +56,7 @@ def test_projector_layout():
     proj = make_projector(32, [64, 64, 16])
     assert proj(torch.randn(5, 32)).shape == (5, 16)
     kinds = [type(m).__name__ for m in proj]
-    assert kinds == ["Linear", "BatchNorm1d", "ReLU", "Linear", "BatchNorm1d", "ReLU", "Linear"]
+    assert kinds == ["Linear", "GlobalBatchNorm1d", "ReLU", "Linear", "GlobalBatchNorm1d", "ReLU", "Linear"]
 
 
 def test_weights_are_self_describing_safetensors(tmp_path):

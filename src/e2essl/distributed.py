@@ -60,6 +60,16 @@ def all_reduce_sum(tensor: torch.Tensor, d: Dist) -> torch.Tensor:
     return all_reduce(tensor, op=dist.ReduceOp.SUM)
 
 
+def sum_scalar(value: float, d: Dist) -> float:
+    """A number summed over ranks (no gradient): for logging totals."""
+    if not d.enabled:
+        return value
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return float(t.item())
+
+
 def barrier(d: Dist) -> None:
     if d.enabled:
         dist.barrier()

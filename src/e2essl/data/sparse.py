@@ -49,6 +49,15 @@ class SparseBatch:
             self.image_shape,
         )
 
+    def take_jets(self, positions: torch.Tensor) -> SparseBatch:
+        """The jets at ``positions`` (increasing) of this batch, renumbered 0..len-1."""
+        positions = positions.to(self.jet.device)
+        new_index = torch.full((self.size,), -1, dtype=torch.long, device=self.jet.device)
+        new_index[positions] = torch.arange(len(positions), device=self.jet.device)
+        mapped = new_index[self.jet]
+        keep = mapped >= 0
+        return SparseBatch(self.values[keep], self.pixel[keep], mapped[keep], len(positions), self.image_shape)
+
     def keep(self, mask: torch.Tensor) -> SparseBatch:
         """Only the entries where ``mask`` is true."""
         return SparseBatch(self.values[mask], self.pixel[mask], self.jet[mask], self.size, self.image_shape)
@@ -199,15 +208,24 @@ def hash_seed(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(2, np.uint64)[0] >> 1)
 
 
-def shard(order: torch.Tensor, batch_size: int, rank: int, world: int, drop_last: bool) -> Iterator[torch.Tensor]:
-    """Split an epoch's order into global batches, and each global batch into ``world`` rank shards.
-
-    Rank ``r`` takes positions ``r, r + world, ...`` of every global batch, so over an epoch the ranks
-    together visit every jet exactly once (for ``drop_last=False``) and one global batch is the same
-    whatever ``world`` is.
-    """
+def global_batches(order: torch.Tensor, batch_size: int, drop_last: bool) -> Iterator[torch.Tensor]:
+    """An epoch's order cut into global batches (the last one shorter unless ``drop_last``)."""
     n = len(order)
     stop = n - n % batch_size if drop_last and n >= batch_size else n
     for lo in range(0, stop, batch_size):
-        batch = order[lo : min(lo + batch_size, stop)]
-        yield batch[rank::world]
+        yield order[lo : min(lo + batch_size, stop)]
+
+
+def rank_positions(batch_len: int, rank: int, world: int) -> torch.Tensor:
+    """Positions in a global batch that rank ``rank`` of ``world`` trains on: rank, rank + world, ..."""
+    return torch.arange(rank, batch_len, world)
+
+
+def shard(order: torch.Tensor, batch_size: int, rank: int, world: int, drop_last: bool) -> Iterator[torch.Tensor]:
+    """This rank's jets of every global batch (see :func:`rank_positions`).
+
+    Over an epoch the ranks together visit every jet exactly once (``drop_last=False``), and a
+    global batch holds the same jets whatever ``world`` is.
+    """
+    for batch in global_batches(order, batch_size, drop_last):
+        yield batch[rank_positions(len(batch), rank, world)]

@@ -23,8 +23,8 @@ from tqdm.auto import tqdm
 from e2essl.augment import GEOMETRIC, augment
 from e2essl.checkpoint import rng_state, save_checkpoint, set_rng_state
 from e2essl.data.preprocess import Normaliser
-from e2essl.data.sparse import SparseJets, epoch_order, shard
-from e2essl.distributed import Dist
+from e2essl.data.sparse import SparseJets, epoch_order, global_batches, rank_positions
+from e2essl.distributed import Dist, sum_scalar
 from e2essl.metrics import classifier_metrics
 from e2essl.training.common import autocast, check_finite, epoch_generator, make_scheduler, predict_logits, to_model_input
 
@@ -127,19 +127,22 @@ def train_supervised(
         order = epoch_order(len(train), plan.seed, epoch)
         gen = epoch_generator(plan.seed, epoch, 1, device)
         total_loss, total_n = 0.0, 0
-        batches = list(shard(order, plan.batch_size, dist.rank, dist.world, drop_last=False))
+        batches = list(global_batches(order, plan.batch_size, drop_last=False))
         bar = tqdm(batches, desc=f"epoch {epoch + 1}/{plan.epochs}", unit="batch", leave=False, disable=not (progress and dist.is_main))
         for step, idx in enumerate(bar):
+            # Augment the whole global batch (one random stream for every rank), train on this
+            # rank's share: the run does not depend on the number of ranks.
             batch = train.gather(idx)
             if plan.augment:
                 batch = augment(batch, GEOMETRIC, gen)
-            x = to_model_input(normaliser(batch), device)  # (b, C, H, W)
-            y = train_labels[idx].to(device)  # (b,)
+            mine = rank_positions(len(idx), dist.rank, dist.world)
+            x = to_model_input(normaliser(batch.take_jets(mine)), device)  # (b, C, H, W)
+            y = train_labels[idx[mine]].to(device)  # (b,)
             with autocast(device, plan.mixed_precision):
                 logits = ddp_model(x)
             # Sum over this rank's shard, divided by the global batch and times the world size:
             # DDP's gradient average then equals the single-process mean over the global batch.
-            global_n = min(plan.batch_size, len(order) - step * plan.batch_size)
+            global_n = len(idx)
             loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), y, reduction="sum") * (dist.world / global_n)
             check_finite(loss, epoch, step, checkpoint_path)
             optimizer.zero_grad(set_to_none=True)
@@ -147,9 +150,10 @@ def train_supervised(
             if plan.grad_clip > 0:
                 nn.utils.clip_grad_norm_(model.parameters(), plan.grad_clip)
             optimizer.step()
-            total_loss += float(loss.detach()) * global_n / dist.world
-            total_n += len(idx)
-            bar.set_postfix(loss=f"{total_loss / max(total_n, 1):.4f}")
+            total_loss += float(loss.detach()) * global_n / dist.world  # this rank's summed BCE
+            total_n += global_n
+            bar.set_postfix(loss=f"{total_loss * dist.world / max(total_n, 1):.4f}")
+        total_loss = sum_scalar(total_loss, dist)
         lr = optimizer.param_groups[-1]["lr"]
         scheduler.step()
 
