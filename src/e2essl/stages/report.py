@@ -57,7 +57,8 @@ def gains(summary: dict, fractions: list[float]) -> dict:
 
 def results_table(summary: dict, gain: dict, fractions: list[float], sizes: dict[str, int]) -> str:
     rows = [
-        "| arm | label fraction | train jets | test ROC AUC | accuracy | BCE loss | gluon rejection @ 50% q | AUC gain vs scratch | seeds |",
+        "| arm | label fraction | train jets | test ROC AUC | accuracy | BCE loss | gluon rejection @ 50% q "
+        "| AUC gain vs scratch | seeds |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for f in fractions:
@@ -68,8 +69,9 @@ def results_table(summary: dict, gain: dict, fractions: list[float], sizes: dict
                 continue
             g = gain.get(arm, {}).get(label)
             g_text = "-" if g is None else f"{g['auc_gain']:+.4f} (spread {g['seed_spread']:.4f})" + (" *" if g["significant"] else "")
+            name = plots.ARM_STYLE[arm]["label"]
             rows.append(
-                f"| {plots.ARM_STYLE[arm]['label']} | {100 * f:g}% | {sizes.get(label, '?')} | {s['roc_auc_mean']:.4f} ± {s['roc_auc_std']:.4f} "
+                f"| {name} | {100 * f:g}% | {sizes.get(label, '?')} | {s['roc_auc_mean']:.4f} ± {s['roc_auc_std']:.4f} "
                 f"| {s['accuracy_mean']:.4f} ± {s['accuracy_std']:.4f} | {s['loss_mean']:.4f} ± {s['loss_std']:.4f} "
                 f"| {s['rejection_at_50_mean']:.2f} ± {s['rejection_at_50_std']:.2f} | {g_text} | {s['n_seeds']} |"
             )
