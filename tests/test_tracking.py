@@ -14,7 +14,7 @@ from e2essl.data.preprocess import Normaliser
 from e2essl.errors import TrackingError
 from e2essl.models import ResNet15
 from e2essl.serving import Predictor
-from e2essl.tracking import StageRun, connect, image_signature, set_champion
+from e2essl.tracking import StageRun, connect, image_signature, register_model, set_champion
 
 from .conftest import SMALL, random_images, run_cli, write_h5
 
@@ -36,8 +36,14 @@ def _weights(tmp_path, seed: int, val_auc: float):
 
 
 def _register(path, val_auc, stage="scratch"):
+    """Train-stage run first (as a stage would), then register into it (as the register stage does)."""
     with StageRun(stage, {"x": {"y": 1}}, {"pipeline": 1}) as run:
-        return run.register("e2essl-scratch", "classifier", path, {"val_auc": val_auc}, image_signature((SMALL, SMALL, 3), ())), run.run_id
+        pass
+    with StageRun("register", {}, {"pipeline": 1}) as reg:
+        version = register_model(
+            "e2essl-scratch", "classifier", path, {"val_auc": val_auc}, image_signature((SMALL, SMALL, 3), ()), run.run_id, reg.run_id
+        )
+    return version, run.run_id
 
 
 def test_runs_nest_under_one_pipeline_run_per_params():
@@ -69,6 +75,10 @@ def test_registry_round_trip_by_version_and_alias_without_pickle(tmp_path):
     again, _ = _register(w1, 0.61)
     v2, _ = _register(w2, 0.66)
     assert (v1, again, v2) == ("1", "1", "2")  # the same weights are never registered twice
+    from mlflow.tracking import MlflowClient
+
+    mv = MlflowClient().get_model_version("e2essl-scratch", "2")
+    assert mv.tags["val_auc"] == "0.66" and mv.run_id == mv.tags["run_id"]  # logged into its training run
     assert set_champion("e2essl-scratch") == "2"
     images = random_images(5)
     write_h5(tmp_path / "jets.h5", X_jets=images)

@@ -15,6 +15,8 @@ Physics-motivated
     * ``split_prob``: collinear splitting: a pixel gives a fraction U(0, 1/2) of its energy to one of
       its 4 neighbours (JetCLR's jet augmentation, on the image grid); energy is conserved;
     * ``scale_jitter``: per-jet, per-channel energy scale ``1 + N(0, s)`` (calibration);
+    * ``energy_scale``: per-jet scale ``exp(U(-s, s))`` of every channel at once: the same jet at
+      another pT, so that features describe the jet's shape rather than its energy;
     * ``smear_stochastic``, ``smear_constant``: per-pixel resolution
       ``sigma / E = a / sqrt(E) (+) b`` (calorimeter-like), clamped at zero energy;
     * ``soft_dropout``, ``soft_threshold``: pixels below the threshold (GeV) vanish with this
@@ -83,6 +85,9 @@ def augment(batch: SparseBatch, cfg: Augment, gen: torch.Generator) -> SparseBat
     if cfg.scale_jitter:
         scale = 1.0 + cfg.scale_jitter * torch.randn(b, c, generator=gen, device=dev)
         values = values * scale[j, ch]
+    if cfg.energy_scale:
+        log_scale = (2.0 * torch.rand(b, generator=gen, device=dev) - 1.0) * cfg.energy_scale
+        values = values * torch.exp(log_scale)[j]
     if cfg.smear_stochastic or cfg.smear_constant:
         rel = torch.sqrt(cfg.smear_stochastic**2 / values.clamp_min(1e-6) + cfg.smear_constant**2)
         values = values * (1.0 + rel * torch.randn(len(values), generator=gen, device=dev))

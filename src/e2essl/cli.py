@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "linear_probe": ("e2essl.stages.supervised:linear_probe", "stage: train a head on the frozen pretrained encoder"),
     "evaluate": ("e2essl.stages.evaluate", "stage: score every trained model on the test split"),
     "report": ("e2essl.stages.report", "stage: tables and plots comparing the arms"),
+    "register": ("e2essl.stages.register", "stage: put every model into the MLflow registry and set the champion aliases"),
     "predict": ("e2essl.commands:predict", "quark probabilities of a file's jets from a registered or local model"),
     "bench": ("e2essl.bench", "benchmarks (make bench): speeds and ratios, written to benchmarks/results.md"),
 }

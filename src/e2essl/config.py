@@ -156,6 +156,8 @@ class Augment(Section):
     smear_stochastic: NonNegativeFloat = 0.1
     smear_constant: NonNegativeFloat = 0.0
     scale_jitter: NonNegativeFloat = 0.05
+    # Per-jet global energy scale exp(U(-s, s)) for all channels at once: invariance to the jet's pT.
+    energy_scale: NonNegativeFloat = 0.0
     soft_dropout: Probability = 0.1
     soft_threshold: NonNegativeFloat = 1.0
     split_prob: Probability = 0.1
@@ -207,6 +209,8 @@ class Pretrain(Section):
     # Every this many epochs: kNN ROC AUC of the encoder features on the validation split.
     monitor_every: PositiveInt = 1
     knn_k: PositiveInt = 20
+    # Clip the gradient norm at this value (0: off); Adam copes with Barlow Twins' large early gradients.
+    grad_clip: NonNegativeFloat = 0.0
     batchnorm: bool = False
 
     @field_validator("projector")

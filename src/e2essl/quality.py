@@ -107,14 +107,15 @@ def compare(real: np.ndarray, fake: np.ndarray, c2st_epochs: int = 5, seed: int 
     xf, _ = observable_matrix(fake_obs)
     mean, std = xr.mean(0), xr.std(0) + 1e-12
     zr, zf = (xr - mean) / std, (xf - mean) / std
+    varying = xr.std(0) > 0  # constant observables (e.g. empty outer annuli) make the covariance singular
     w1 = {name: float(wasserstein_distance(xr[:, i], xf[:, i])) for i, name in enumerate(names)}
     w1_rel = {name: w1[name] / float(std[i]) for i, name in enumerate(names)}
     spectrum_r, spectrum_f = intensity_spectrum(real), intensity_spectrum(fake)
     centres = np.arange(spectrum_r.shape[1])
     spectrum_w1 = [float(wasserstein_distance(centres, centres, r + 1e-12, f + 1e-12)) for r, f in zip(spectrum_r, spectrum_f, strict=True)]
-    kpd, kpd_err = kernel_distance(zr, zf, seed=seed)
+    kpd, kpd_err = kernel_distance(zr[:, varying], zf[:, varying], seed=seed)
     return {
-        "fpd": frechet_distance(zr, zf),
+        "fpd": frechet_distance(zr[:, varying], zf[:, varying]),
         "kpd": kpd,
         "kpd_std": kpd_err,
         "c2st_auc": c2st_images(real, fake, c2st_epochs, seed),

@@ -97,6 +97,11 @@ def quiet_mlflow() -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     import mlflow.pyfunc  # noqa: F401  (imported first: its import installs warning filters of its own)
 
+    # MLflow configures its own loggers on import; its INFO lines ("Creating initial MLflow database
+    # tables...") would crowd a stage's log.
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+
     warnings.filterwarnings("ignore", message=".*type hints to the `predict` method.*")
     warnings.filterwarnings("ignore", message=".*input example was not provided.*")
 
@@ -176,7 +181,7 @@ class StageRun:
         commit = git_commit(self.root)
         tags = {"e2essl.stage": self.stage, "dvc.stage": self.name, "git.commit": commit, "mlflow.source.git.commit": commit}
         try:
-            if self.resume_run_id and self._run_exists(self.resume_run_id):
+            if self.resume_run_id and _run_exists(self.resume_run_id):
                 run = mlflow.start_run(run_id=self.resume_run_id)
                 log.info("MLflow: resuming run %s (%s)", self.name, self.resume_run_id)
             else:
@@ -195,15 +200,6 @@ class StageRun:
 
         status = "FINISHED" if exc_type is None else ("KILLED" if exc_type is KeyboardInterrupt else "FAILED")
         mlflow.end_run(status=status)
-
-    def _run_exists(self, run_id: str) -> bool:
-        from mlflow.tracking import MlflowClient
-
-        try:
-            MlflowClient().get_run(run_id)
-            return True
-        except Exception:
-            return False
 
     def _pipeline_run(self, experiment_id: str, commit: str) -> str:
         """The parent run of this pipeline execution: found by its key, or created."""
@@ -259,41 +255,6 @@ class StageRun:
 
             mlflow.set_tags({k: str(v) for k, v in tags.items()})
 
-    # -- models ----------------------------------------------------------------------------
-    def register(self, name: str, kind: str, weights: Path, tags: dict[str, Any], signature: Any = None) -> str | None:
-        """Log ``weights`` as a pyfunc model of ``kind`` and register it under ``name``; its version.
-
-        When a version with the same weights (SHA-256) exists already, that version is returned and
-        nothing new is registered, so rerunning a stage after a crash never duplicates versions.
-        """
-        if not self.enabled:
-            return None
-        import mlflow
-        from mlflow.tracking import MlflowClient
-
-        digest = file_sha256(weights)
-        existing = find_version(name, FINGERPRINT_TAG, digest)
-        if existing is not None:
-            log.info("MLflow: %s version %s already holds these weights; not registering again", name, existing)
-            return existing
-        import e2essl
-
-        package = Path(e2essl.__file__).parent
-        info = mlflow.pyfunc.log_model(
-            name="model",
-            python_model=str(package / "pyfunc_entry.py"),
-            artifacts={"weights": str(weights)},
-            code_paths=[str(package)],
-            model_config={"kind": kind},
-            pip_requirements=_requirements(),
-            signature=signature,
-        )
-        all_tags = {k: str(v) for k, v in tags.items()} | {FINGERPRINT_TAG: digest, "kind": kind, "run_id": str(self.run_id)}
-        version = mlflow.register_model(info.model_uri, name, tags=all_tags).version
-        log.info("MLflow: registered %s version %s", name, version)
-        MlflowClient().set_registered_model_tag(name, "kind", kind)
-        return str(version)
-
 
 def _param_value(value: Any) -> str:
     text = json.dumps(value) if isinstance(value, (list, tuple, dict)) else str(value)
@@ -339,6 +300,74 @@ def latent_signature(latent_dim: int, image_shape_hwc: tuple[int, int, int]) -> 
         inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, latent_dim))]),
         outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, *image_shape_hwc))]),
     )
+
+
+def register_model(
+    name: str,
+    kind: str,
+    weights: Path,
+    tags: dict[str, Any],
+    signature: Any,
+    run_id: str | None,
+    fallback_run_id: str | None,
+) -> str:
+    """Register ``weights`` as a version of ``name``; returns the version.
+
+    The model (a pyfunc "model from code" with the weights as artifact and the e2essl package as
+    code, no pickle) is logged into ``run_id``, the run that trained it, when that run is in the
+    store, else into ``fallback_run_id``. A version holding the same weights (SHA-256) is returned
+    as it is: nothing is ever registered twice.
+    """
+    import tempfile
+
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    quiet_mlflow()
+    client = MlflowClient()
+    digest = file_sha256(weights)
+    existing = find_version(name, FINGERPRINT_TAG, digest)
+    if existing is not None:
+        return existing
+    target = run_id if run_id and _run_exists(run_id) else fallback_run_id
+    artifact_path = f"model-{digest[:12]}"
+    import e2essl
+
+    package = Path(e2essl.__file__).parent
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(tmp) / "model"
+        mlflow.pyfunc.save_model(
+            str(local),
+            python_model=str(package / "pyfunc_entry.py"),
+            artifacts={"weights": str(weights)},
+            code_paths=[str(package)],
+            model_config={"kind": kind},
+            pip_requirements=_requirements(),
+            signature=signature,
+        )
+        client.log_artifacts(target, str(local), artifact_path)
+    all_tags = {k: str(v) for k, v in tags.items() if v is not None} | {FINGERPRINT_TAG: digest, "kind": kind, "run_id": str(target)}
+    version = str(mlflow.register_model(f"runs:/{target}/{artifact_path}", name, tags=all_tags).version)
+    client.set_registered_model_tag(name, "kind", kind)
+    log.info("MLflow: registered %s version %s (run %s)", name, version, target)
+    return version
+
+
+def _run_exists(run_id: str) -> bool:
+    from mlflow.tracking import MlflowClient
+
+    try:
+        MlflowClient().get_run(run_id)
+        return True
+    except Exception:
+        return False
+
+
+def set_alias(name: str, alias: str, version: str) -> None:
+    """Point ``name@alias`` at ``version``."""
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient().set_registered_model_alias(name, alias, version)
 
 
 def find_version(name: str, tag: str, value: str) -> str | None:

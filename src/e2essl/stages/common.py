@@ -89,10 +89,16 @@ class StageEnv:
 
     @classmethod
     def create(cls, params: Params) -> StageEnv:
+        """Threads, process group, device and seeds; and a check that the MLflow store answers,
+        so a misconfigured store stops the stage before any data is read or trained on."""
         set_threads(params.base.threads)
         dist = init_distributed(params.base.device)
         device = pick_device(params.base.device, dist.local_rank)
         seed_everything(params.base.seed)
+        if dist.is_main:
+            from e2essl.tracking import connect
+
+            connect(params.tracking.experiment)
         return cls(params, dist, device, progress_enabled())
 
     def run(self, stage: str, sections: list[str], resume_run_id: str | None = None) -> StageRun:

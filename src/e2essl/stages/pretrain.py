@@ -5,8 +5,9 @@ Input: the GAN-generated set (``outputs/generate/gan_jets.h5``), plus the real u
 the classifiers use). Monitors use labels only to be watched, never to choose the encoder: the
 kNN bank is up to 2,000 jets of the training split, scored on the validation split.
 
-Outputs: ``encoder.safetensors`` (the ResNet-15 body, self-describing), ``history.json``,
-``registered.json``; the encoder is registered in MLflow as ``e2essl-ssl-encoder``.
+Outputs: ``encoder.safetensors`` (the ResNet-15 body, self-describing) and ``history.json`` (loss
+terms, monitors, the MLflow run id); the ``register`` stage registers the encoder in MLflow as
+``e2essl-ssl-encoder``.
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ from e2essl.stages.train_gan import load_pool
 from e2essl.training.pretrain import Monitor, PretrainEpoch, PretrainPlan, SiameseModel, train_ssl
 
 log = logging.getLogger(__name__)
-REGISTERED_NAME = "e2essl-ssl-encoder"
 MONITOR_JETS = 512
 KNN_BANK = 2000
 
@@ -82,6 +82,7 @@ def run(args: argparse.Namespace, params: Params) -> None:
         vicreg_weights=(cfg.vicreg_invariance, cfg.vicreg_variance, cfg.vicreg_covariance),
         monitor_every=cfg.monitor_every,
         knn_k=cfg.knn_k,
+        grad_clip=cfg.grad_clip,
         mixed_precision=params.base.mixed_precision,
     )
     dump = params.model_dump(mode="json")
@@ -138,15 +139,7 @@ def run(args: argparse.Namespace, params: Params) -> None:
             "knn_val_auc": history[-1].knn_val_auc,
         }
         weights = save_weights(out / "encoder.safetensors", encoder.encoder_state_dict(), meta)
-        write_json(out / "history.json", {"method": cfg.method, "epochs": [h.__dict__ for h in history]})
+        write_json(out / "history.json", {"method": cfg.method, "mlflow_run_id": run.run_id, "epochs": [h.__dict__ for h in history]})
         run.log_artifact(out / "history.json")
-        version = None
-        if params.tracking.register_models and run.enabled:
-            from e2essl.tracking import image_signature
-
-            size, c = params.data.image_size, params.data.channels
-            tags = {"method": cfg.method, "epochs": cfg.epochs, "knn_val_auc": f"{history[-1].knn_val_auc or float('nan'):.6f}"}
-            version = run.register(REGISTERED_NAME, "encoder", weights, tags, image_signature((size, size, c), (ResNet15.feature_dim,)))
-        write_json(out / "registered.json", {"name": REGISTERED_NAME, "version": version, "run_id": run.run_id})
     remove_checkpoint(ckpt_path)
     log.info("pretrain: %s, %d epochs on %d jets -> %s", cfg.method, cfg.epochs, len(jets), weights)

@@ -15,8 +15,8 @@ linear_probe   pretrained encoder      head only, ``linear_probe.lr``
 Same training subset, validation split, epochs, batch size, schedule, augmentation, data order
 and head initialisation (both seeded from ``base.seed`` and the matrix seed), and the same
 selection rule: the epoch with the best validation ROC AUC. Outputs per run: ``model.safetensors``
-(the selected weights, self-describing), ``history.json`` (per-epoch curves, selected epoch) and
-``registered.json`` (the MLflow model version).
+(the selected weights, self-describing) and ``history.json`` (per-epoch curves, selected epoch,
+the MLflow run id). The ``register`` stage puts the model into the MLflow registry.
 """
 
 from __future__ import annotations
@@ -38,7 +38,6 @@ from e2essl.training.supervised import EpochRecord, SupervisedPlan, train_superv
 
 log = logging.getLogger(__name__)
 
-REGISTERED_NAMES = {"scratch": "e2essl-scratch", "finetune": "e2essl-finetuned", "linear_probe": "e2essl-linear-probe"}
 ENCODER_DEFAULT = "outputs/pretrain/encoder.safetensors"
 
 
@@ -180,7 +179,7 @@ def run_arm(arm: str, args: argparse.Namespace, params: Params) -> None:
         if not env.dist.is_main:
             return
         model.load_state_dict(result.best_state)
-        c, h, _ = (params.data.channels, params.data.image_size, params.data.image_size)
+        h = params.data.image_size
         meta = {
             "kind": "classifier",
             "arm": arm,
@@ -193,7 +192,7 @@ def run_arm(arm: str, args: argparse.Namespace, params: Params) -> None:
             "best_epoch": result.best_epoch,
             "val_auc": result.best_val_auc,
         }
-        weights = save_weights(out / "model.safetensors", model.state_dict(), meta)
+        save_weights(out / "model.safetensors", model.state_dict(), meta)
         write_json(
             out / "history.json",
             {
@@ -203,26 +202,12 @@ def run_arm(arm: str, args: argparse.Namespace, params: Params) -> None:
                 "train_jets": len(train),
                 "best_epoch": result.best_epoch,
                 "best_val_auc": result.best_val_auc,
+                "mlflow_run_id": run.run_id,
                 "epochs": result.history_dicts(),
             },
         )
         run.log_metrics({"best_val_auc": result.best_val_auc, "best_epoch": result.best_epoch})
         run.log_artifact(out / "history.json")
-        version = None
-        if params.tracking.register_models and run.enabled:
-            from e2essl.tracking import image_signature, set_champion
-
-            name = REGISTERED_NAMES[arm]
-            tags = {
-                "arm": arm,
-                "label_fraction": f"{args.fraction:g}",
-                "seed": args.seed,
-                "val_auc": f"{result.best_val_auc:.6f}",
-                "best_epoch": result.best_epoch,
-            }
-            version = run.register(name, "classifier", weights, tags, image_signature((h, h, c), ()))
-            set_champion(name)
-        write_json(out / "registered.json", {"name": REGISTERED_NAMES[arm], "version": version, "run_id": run.run_id})
     remove_checkpoint(ckpt_path)
     log.info(
         "%s f=%g seed=%d: best val AUC %.4f at epoch %d -> %s", arm, args.fraction, args.seed, result.best_val_auc, result.best_epoch, out

@@ -2,8 +2,9 @@
 
 Input: ``data.unlabelled`` (up to ``train_gan.max_jets`` jets; labels, if any, are ignored).
 Outputs: ``generator.safetensors`` (weights + config + energy scale, self-describing),
-``history.json`` (per-epoch losses and critic scores). MLflow: losses every step, a grid of real
-and generated jets per ``grid_every`` epochs, and the generator registered as ``e2essl-gan``.
+``history.json`` (per-epoch losses and critic scores, the MLflow run id). MLflow: losses every 10
+steps, a grid of real and generated jets per ``grid_every`` epochs; the ``register`` stage
+registers the generator as ``e2essl-gan``.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ from e2essl.stages.common import StageEnv, layout_from
 from e2essl.training.gan import GanEpoch, GanPlan, sample, train_gan
 
 log = logging.getLogger(__name__)
-REGISTERED_NAME = "e2essl-gan"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -120,20 +120,7 @@ def run(args: argparse.Namespace, params: Params) -> None:
         )
         meta = {"kind": "generator", "model": gan_cfg.to_dict(), "pool_jets": len(pool), "epochs": cfg.epochs}
         weights = save_weights(out / "generator.safetensors", generator.state_dict(), meta)
-        write_json(out / "history.json", {"epochs": [h.__dict__ for h in history]})
+        write_json(out / "history.json", {"mlflow_run_id": run.run_id, "epochs": [h.__dict__ for h in history]})
         run.log_artifact(out / "history.json")
-        version = None
-        if params.tracking.register_models and run.enabled:
-            from e2essl.tracking import latent_signature
-
-            size = gan_cfg.image_size
-            version = run.register(
-                REGISTERED_NAME,
-                "generator",
-                weights,
-                {"epochs": cfg.epochs},
-                latent_signature(gan_cfg.latent_dim, (size, size, gan_cfg.channels)),
-            )
-        write_json(out / "registered.json", {"name": REGISTERED_NAME, "version": version, "run_id": run.run_id})
     remove_checkpoint(ckpt_path)
     log.info("train_gan: %d epochs on %d jets -> %s", cfg.epochs, len(pool), weights)

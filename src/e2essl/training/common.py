@@ -63,9 +63,12 @@ def make_scheduler(optimizer: torch.optim.Optimizer, schedule: str, epochs: int)
 def check_finite(loss: torch.Tensor, epoch: int, step: int, checkpoint: str) -> None:
     """Stop on a NaN/inf loss, naming where it happened and what is kept."""
     if not torch.isfinite(loss).all():
+        from pathlib import Path
+
+        kept = f"the last good checkpoint is kept at {checkpoint}" if Path(checkpoint).exists() else "no checkpoint had been written yet"
         raise TrainingError(
-            f"loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; training stopped, "
-            f"the last good checkpoint is kept at {checkpoint} (lower the learning rate or check the inputs)"
+            f"loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; training stopped and {kept} "
+            "(lower the learning rate or check the inputs)"
         )
 
 

@@ -103,7 +103,7 @@ def train_gan(
             opt_g.zero_grad(set_to_none=True)
             g_loss.backward()
             opt_g.step()
-            values = {"d_loss": float(d_loss), "g_loss": float(g_loss), "d_real": float(s_real.mean()), "d_fake": float(s_fake.mean())}
+            values = {"d_loss": float(d_loss.detach()), "g_loss": float(g_loss.detach()), "d_real": float(s_real.detach().mean()), "d_fake": float(s_fake.detach().mean())}
             for k, v in values.items():
                 sums[k] += v
             step += 1

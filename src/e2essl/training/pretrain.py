@@ -23,7 +23,7 @@ from e2essl.augment import augment
 from e2essl.checkpoint import rng_state, save_checkpoint, set_rng_state
 from e2essl.config import Augment
 from e2essl.data.preprocess import Normaliser
-from e2essl.data.sparse import SparseJets, epoch_order, global_batches, rank_positions
+from e2essl.data.sparse import SparseBatch, SparseJets, epoch_order, global_batches, rank_positions
 from e2essl.distributed import Dist
 from e2essl.losses import LossTerms, barlow_twins_loss, vicreg_loss
 from e2essl.metrics import effective_rank, knn_auc
@@ -45,6 +45,7 @@ class PretrainPlan:
     monitor_every: int = 1
     knn_k: int = 20
     warmup_fraction: float = 0.1
+    grad_clip: float = 0.0
     mixed_precision: bool = False
 
 
@@ -101,6 +102,74 @@ def monitors(
     return effective_rank(feats), effective_rank(emb), knn
 
 
+def ssl_loss(
+    net: nn.Module,
+    batch: SparseBatch,
+    views: Augment,
+    gen: torch.Generator,
+    normaliser: Normaliser,
+    plan: PretrainPlan,
+    device: torch.device,
+    dist: Dist,
+) -> LossTerms:
+    """The joint-embedding loss of one global batch, this rank's share of the forward pass.
+
+    Every rank draws both views of the whole global batch from the same stream and keeps its own
+    jets', so the views (and the run) do not depend on the number of ranks.
+    """
+    mine = rank_positions(batch.size, dist.rank, dist.world)
+    view_a, view_b = augment(batch, views, gen).take_jets(mine), augment(batch, views, gen).take_jets(mine)
+    x_a = to_model_input(normaliser(view_a), device)  # (b, C, H, W)
+    x_b = to_model_input(normaliser(view_b), device)
+    with autocast(device, plan.mixed_precision):
+        z_a, z_b = net(x_a), net(x_b)  # (b, D) each
+    return joint_embedding_loss(z_a, z_b, plan, dist)
+
+
+def pretrain_epoch(
+    net: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    jets: SparseJets,
+    normaliser: Normaliser,
+    views: Augment,
+    plan: PretrainPlan,
+    epoch: int,
+    device: torch.device,
+    dist: Dist,
+    checkpoint_path: str = "(no checkpoint)",
+    on_step: Callable[[int, dict[str, float]], None] | None = None,
+    progress: bool = False,
+) -> tuple[float, dict[str, float]]:
+    """One pass over ``jets``: the mean loss and mean loss terms."""
+    gen = epoch_generator(plan.seed, epoch, 2, device)
+    order = epoch_order(len(jets), plan.seed, epoch)
+    batches = list(global_batches(order, plan.batch_size, drop_last=len(jets) >= plan.batch_size))
+    steps_per_epoch = len(batches)
+    loss_sum, term_sums = 0.0, {}
+    bar = tqdm(
+        batches, desc=f"pretrain epoch {epoch + 1}/{plan.epochs}", unit="batch", leave=False, disable=not (progress and dist.is_main)
+    )
+    for step, idx in enumerate(bar):
+        terms = ssl_loss(net, jets.gather(idx), views, gen, normaliser, plan, device, dist)
+        check_finite(terms.loss, epoch, step, checkpoint_path)
+        optimizer.zero_grad(set_to_none=True)
+        terms.loss.backward()
+        if plan.grad_clip > 0:
+            nn.utils.clip_grad_norm_(net.parameters(), plan.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        loss_sum += float(terms.loss.detach())
+        for k, v in terms.parts.items():
+            term_sums[k] = term_sums.get(k, 0.0) + float(v)
+        bar.set_postfix(loss=f"{loss_sum / (step + 1):.3f}")
+        if on_step is not None and dist.is_main:
+            values = {"loss": float(terms.loss.detach()), **{k: float(v) for k, v in terms.parts.items()}, "lr": scheduler.get_last_lr()[0]}
+            on_step(epoch * steps_per_epoch + step + 1, values)
+    n = max(len(batches), 1)
+    return loss_sum / n, {k: v / n for k, v in term_sums.items()}
+
+
 def train_ssl(
     model: SiameseModel,
     jets: SparseJets,
@@ -122,8 +191,7 @@ def train_ssl(
     dist = dist or Dist()
     net = nn.parallel.DistributedDataParallel(model) if dist.enabled else model
     optimizer = torch.optim.AdamW(model.parameters(), lr=plan.lr, weight_decay=plan.weight_decay)
-    steps_per_epoch = (len(jets) // plan.batch_size) if len(jets) >= plan.batch_size else 1
-    total = plan.epochs * steps_per_epoch
+    total = plan.epochs * ((len(jets) // plan.batch_size) if len(jets) >= plan.batch_size else 1)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_warmup(s, total, max(1, int(plan.warmup_fraction * total))))
     history: list[PretrainEpoch] = []
     start = 0
@@ -139,44 +207,12 @@ def train_ssl(
     for epoch in range(start, plan.epochs):
         t0 = time.perf_counter()
         net.train()
-        gen = epoch_generator(plan.seed, epoch, 2, device)
-        order = epoch_order(len(jets), plan.seed, epoch)
-        batches = list(global_batches(order, plan.batch_size, drop_last=len(jets) >= plan.batch_size))
-        loss_sum, term_sums = 0.0, {}
-        bar = tqdm(
-            batches, desc=f"pretrain epoch {epoch + 1}/{plan.epochs}", unit="batch", leave=False, disable=not (progress and dist.is_main)
+        loss, terms = pretrain_epoch(
+            net, optimizer, scheduler, jets, normaliser, views, plan, epoch, device, dist, checkpoint_path, on_step, progress
         )
-        for step, idx in enumerate(bar):
-            # Every rank draws both views of the whole global batch from the same stream and keeps
-            # its own jets', so the views (and the run) do not depend on the number of ranks.
-            batch = jets.gather(idx)
-            mine = rank_positions(len(idx), dist.rank, dist.world)
-            view_a, view_b = augment(batch, views, gen).take_jets(mine), augment(batch, views, gen).take_jets(mine)
-            x_a = to_model_input(normaliser(view_a), device)  # (b, C, H, W)
-            x_b = to_model_input(normaliser(view_b), device)
-            with autocast(device, plan.mixed_precision):
-                z_a, z_b = net(x_a), net(x_b)  # (b, D) each
-            terms = joint_embedding_loss(z_a, z_b, plan, dist)
-            check_finite(terms.loss, epoch, step, checkpoint_path)
-            optimizer.zero_grad(set_to_none=True)
-            terms.loss.backward()
-            optimizer.step()
-            scheduler.step()
-            loss_sum += float(terms.loss.detach())
-            for k, v in terms.parts.items():
-                term_sums[k] = term_sums.get(k, 0.0) + float(v)
-            bar.set_postfix(loss=f"{loss_sum / (step + 1):.3f}")
-            if on_step is not None and dist.is_main:
-                on_step(
-                    epoch * steps_per_epoch + step + 1,
-                    {"loss": float(terms.loss.detach()), **{k: float(v) for k, v in terms.parts.items()}, "lr": scheduler.get_last_lr()[0]},
-                )
-        n = max(len(batches), 1)
         with_knn = (epoch + 1) % plan.monitor_every == 0 or epoch + 1 == plan.epochs
         rank_f, rank_z, knn = monitors(model, normaliser, monitor, device, with_knn, plan.knn_k)
-        record = PretrainEpoch(
-            epoch + 1, loss_sum / n, {k: v / n for k, v in term_sums.items()}, rank_f, rank_z, knn, time.perf_counter() - t0
-        )
+        record = PretrainEpoch(epoch + 1, loss, terms, rank_f, rank_z, knn, time.perf_counter() - t0)
         history.append(record)
         log.info(
             "pretrain epoch %d/%d  loss %.4f  %s  rank(features) %.1f  rank(embeddings) %.1f  kNN val AUC %s  %.1fs",

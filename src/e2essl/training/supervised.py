@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from e2essl.augment import GEOMETRIC, augment
 from e2essl.checkpoint import rng_state, save_checkpoint, set_rng_state
 from e2essl.data.preprocess import Normaliser
-from e2essl.data.sparse import SparseJets, epoch_order, global_batches, rank_positions
+from e2essl.data.sparse import SparseBatch, SparseJets, epoch_order, global_batches, rank_positions
 from e2essl.distributed import Dist, sum_scalar
 from e2essl.metrics import classifier_metrics
 from e2essl.training.common import autocast, check_finite, epoch_generator, make_scheduler, predict_logits, to_model_input
@@ -74,6 +74,66 @@ def _set_encoder_trainable(model: nn.Module, trainable: bool) -> None:
         p.requires_grad_(trainable)
 
 
+def supervised_loss(
+    net: nn.Module,
+    batch: SparseBatch,
+    labels: torch.Tensor,
+    normaliser: Normaliser,
+    device: torch.device,
+    dist: Dist,
+    mixed_precision: bool = False,
+) -> torch.Tensor:
+    """BCE-with-logits of this rank's share of a global batch (B jets, ``labels`` (B,)).
+
+    The sum over the share, times world / B: DDP's gradient average then equals the gradient of
+    the mean BCE over the global batch in one process.
+    """
+    mine = rank_positions(batch.size, dist.rank, dist.world)
+    x = to_model_input(normaliser(batch.take_jets(mine)), device)  # (b, C, H, W)
+    y = labels[mine].to(device).float()  # (b,)
+    with autocast(device, mixed_precision):
+        logits = net(x)  # (b,)
+    return nn.functional.binary_cross_entropy_with_logits(logits.float(), y, reduction="sum") * (dist.world / batch.size)
+
+
+def train_epoch(
+    net: nn.Module,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    train: SparseJets,
+    normaliser: Normaliser,
+    plan: SupervisedPlan,
+    epoch: int,
+    device: torch.device,
+    dist: Dist,
+    checkpoint_path: str = "(no checkpoint)",
+    progress: bool = False,
+) -> float:
+    """One pass over ``train`` (``net`` may be the DDP wrapper of ``model``); the mean training loss."""
+    order = epoch_order(len(train), plan.seed, epoch)
+    gen = epoch_generator(plan.seed, epoch, 1, device)
+    total_loss, total_n = 0.0, 0
+    batches = list(global_batches(order, plan.batch_size, drop_last=False))
+    bar = tqdm(batches, desc=f"epoch {epoch + 1}/{plan.epochs}", unit="batch", leave=False, disable=not (progress and dist.is_main))
+    for step, idx in enumerate(bar):
+        # Augment the whole global batch (one random stream for every rank); each rank then
+        # trains on its share, so the run does not depend on the number of ranks.
+        batch = train.gather(idx)
+        if plan.augment:
+            batch = augment(batch, GEOMETRIC, gen)
+        loss = supervised_loss(net, batch, train.labels[idx], normaliser, device, dist, plan.mixed_precision)
+        check_finite(loss, epoch, step, checkpoint_path)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if plan.grad_clip > 0:
+            nn.utils.clip_grad_norm_(model.parameters(), plan.grad_clip)
+        optimizer.step()
+        total_loss += float(loss.detach()) * len(idx) / dist.world  # this rank's summed BCE
+        total_n += len(idx)
+        bar.set_postfix(loss=f"{total_loss * dist.world / max(total_n, 1):.4f}")
+    return sum_scalar(total_loss, dist) / max(total_n, 1)
+
+
 def train_supervised(
     model: nn.Module,
     param_groups: list[dict],
@@ -104,7 +164,6 @@ def train_supervised(
     )
     optimizer = torch.optim.Adam(param_groups, weight_decay=plan.weight_decay)
     scheduler = make_scheduler(optimizer, plan.schedule, plan.epochs)
-    train_labels = train.labels.float()
     val_labels = val.labels.numpy()
     best_state, best_epoch, best_auc, history = copy.deepcopy(model.state_dict()), 0, -1.0, []
     start_epoch = 0
@@ -124,36 +183,7 @@ def train_supervised(
         t0 = time.perf_counter()
         _set_encoder_trainable(model, epoch >= plan.frozen_epochs)
         ddp_model.train()
-        order = epoch_order(len(train), plan.seed, epoch)
-        gen = epoch_generator(plan.seed, epoch, 1, device)
-        total_loss, total_n = 0.0, 0
-        batches = list(global_batches(order, plan.batch_size, drop_last=False))
-        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{plan.epochs}", unit="batch", leave=False, disable=not (progress and dist.is_main))
-        for step, idx in enumerate(bar):
-            # Augment the whole global batch (one random stream for every rank), train on this
-            # rank's share: the run does not depend on the number of ranks.
-            batch = train.gather(idx)
-            if plan.augment:
-                batch = augment(batch, GEOMETRIC, gen)
-            mine = rank_positions(len(idx), dist.rank, dist.world)
-            x = to_model_input(normaliser(batch.take_jets(mine)), device)  # (b, C, H, W)
-            y = train_labels[idx[mine]].to(device)  # (b,)
-            with autocast(device, plan.mixed_precision):
-                logits = ddp_model(x)
-            # Sum over this rank's shard, divided by the global batch and times the world size:
-            # DDP's gradient average then equals the single-process mean over the global batch.
-            global_n = len(idx)
-            loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), y, reduction="sum") * (dist.world / global_n)
-            check_finite(loss, epoch, step, checkpoint_path)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if plan.grad_clip > 0:
-                nn.utils.clip_grad_norm_(model.parameters(), plan.grad_clip)
-            optimizer.step()
-            total_loss += float(loss.detach()) * global_n / dist.world  # this rank's summed BCE
-            total_n += global_n
-            bar.set_postfix(loss=f"{total_loss * dist.world / max(total_n, 1):.4f}")
-        total_loss = sum_scalar(total_loss, dist)
+        train_loss = train_epoch(ddp_model, model, optimizer, train, normaliser, plan, epoch, device, dist, checkpoint_path, progress)
         lr = optimizer.param_groups[-1]["lr"]
         scheduler.step()
 
@@ -161,7 +191,7 @@ def train_supervised(
         val_metrics = classifier_metrics(val_labels, val_probs)
         record = EpochRecord(
             epoch + 1,
-            total_loss / max(total_n, 1),
+            train_loss,
             val_metrics["loss"],
             val_metrics["roc_auc"],
             val_metrics["accuracy"],
