@@ -99,3 +99,28 @@ def test_a_short_training_run_is_finite_and_resumable(tmp_path):
         assert all(math.isfinite(v) for v in (h.d_loss, h.g_loss, h.d_real, h.d_fake))
     # The critic learns something: real jets score above generated ones.
     assert history[-1].d_real > history[-1].d_fake
+
+
+def test_a_crashed_gan_run_resumes_to_the_uninterrupted_weights(tmp_path):
+    from e2essl.checkpoint import load_checkpoint
+
+    real = SparseJets.from_dense(torch.from_numpy(random_images(48, size=20, channels_last=False)))
+    plan = GanPlan(epochs=3, batch_size=16, lr_generator=2e-4, lr_discriminator=2e-4, betas=(0.0, 0.9), n_critic=1, seed=3)
+    cpu = torch.device("cpu")
+    g_ref, d_ref = _tiny_gan()
+    train_gan(g_ref, d_ref, real, plan, cpu, str(tmp_path / "ref.pt"), "fp", progress=False)
+
+    class Crash(Exception):
+        pass
+
+    def crash(record):
+        if record.epoch == 2:
+            raise Crash
+
+    g, d = _tiny_gan()
+    with pytest.raises(Crash):
+        train_gan(g, d, real, plan, cpu, str(tmp_path / "c.pt"), "fp", on_epoch=crash, progress=False)
+    g, d = _tiny_gan(seed=99)  # a fresh process would start from other random weights
+    train_gan(g, d, real, plan, cpu, str(tmp_path / "c.pt"), "fp", resume=load_checkpoint(tmp_path / "c.pt", "fp"), progress=False)
+    for k, v in g_ref.state_dict().items():
+        assert torch.equal(v, g.state_dict()[k]), k

@@ -84,7 +84,8 @@ class Predictor:
             z = torch.as_tensor(np.asarray(model_input, dtype=np.float32))
             if z.ndim != 2 or z.shape[1] != self.model.config.latent_dim:
                 raise E2EError(f"{self.source}: expected latent vectors of shape (N, {self.model.config.latent_dim}), got {tuple(z.shape)}")
-            return self.model.energies(z).permute(0, 2, 3, 1).numpy()
+            # The per-pixel noise comes from a fixed seed: the same latent vectors give the same jets.
+            return self.model.energies(z, torch.Generator().manual_seed(0)).permute(0, 2, 3, 1).numpy()
         return self.predict_channels_first(self._images(model_input))
 
 

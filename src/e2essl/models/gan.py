@@ -84,17 +84,24 @@ def coordinates(size: int, like: torch.Tensor) -> torch.Tensor:
 
 
 class UpBlock(nn.Module):
-    """Nearest-neighbour x2, then conv3x3 on (features + coordinates), BatchNorm, ReLU."""
+    """Nearest-neighbour x2, conv3x3 on (features + coordinates), per-pixel noise, BatchNorm, ReLU.
+
+    The noise (StyleGAN's noise inputs, Karras et al. 2019; one learned strength per channel) lets
+    the generator scatter deposits differently from jet to jet instead of at the same places.
+    """
 
     def __init__(self, cin: int, cout: int) -> None:
         super().__init__()
         self.conv = nn.Conv2d(cin + 3, cout, 3, padding=1)
+        self.noise_strength = nn.Parameter(torch.zeros(1, cout, 1, 1))
         self.norm = nn.BatchNorm2d(cout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
         x = nn.functional.interpolate(x, scale_factor=2, mode="nearest")
         coords = coordinates(x.shape[-1], x).expand(x.shape[0], -1, -1, -1)
-        return torch.relu(self.norm(self.conv(torch.cat([x, coords], dim=1))))
+        x = self.conv(torch.cat([x, coords], dim=1))
+        noise = torch.randn(x.shape[0], 1, x.shape[2], x.shape[3], generator=gen, device=x.device, dtype=x.dtype)
+        return torch.relu(self.norm(x + self.noise_strength * noise))
 
 
 class Generator(nn.Module):
@@ -106,7 +113,7 @@ class Generator(nn.Module):
         b = config.base_channels
         widths = [max(b * 8 // 2**i, b // 2) for i in range(config.n_upsamplings + 1)]
         self.stem = nn.Sequential(nn.Linear(config.latent_dim, widths[0] * 16), nn.ReLU(inplace=True))
-        self.blocks = nn.Sequential(*(UpBlock(cin, cout) for cin, cout in itertools.pairwise(widths)))
+        self.blocks = nn.ModuleList(UpBlock(cin, cout) for cin, cout in itertools.pairwise(widths))
         self.out = nn.Conv2d(widths[-1] + 3, config.channels, 3, padding=1)
         self._width0 = widths[0]
 
@@ -116,9 +123,11 @@ class Generator(nn.Module):
             config = GanConfig(**{**config, "scale": tuple(config["scale"])})
         return cls(config)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
+        """``gen`` draws the per-pixel noise; pass a seeded one for reproducible jets."""
         x = self.stem(z).view(-1, self._width0, 4, 4)  # (B, 8b, 4, 4)
-        x = self.blocks(x)  # (B, b/2.., 2^k, 2^k)
+        for block in self.blocks:
+            x = block(x, gen)  # (B, ..., 2^k, 2^k)
         coords = coordinates(x.shape[-1], x).expand(x.shape[0], -1, -1, -1)
         size = self.config.image_size
         off = (x.shape[-1] - size) // 2
@@ -131,9 +140,9 @@ class Generator(nn.Module):
         return x
 
     @torch.no_grad()
-    def energies(self, z: torch.Tensor) -> torch.Tensor:
+    def energies(self, z: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
         """Raw images in GeV, (B, C, H, W)."""
-        return from_log_space(self(z), self.config.scale)
+        return from_log_space(self(z, gen), self.config.scale)
 
 
 def physics_summary(x: torch.Tensor) -> torch.Tensor:

@@ -82,7 +82,7 @@ def run(args: argparse.Namespace, params: Params) -> None:
             gen = torch.Generator(device=env.device).manual_seed(seed)
             for lo in range(0, cfg.n_jets, cfg.batch_size):
                 z = torch.randn(min(cfg.batch_size, cfg.n_jets - lo), gcfg.latent_dim, generator=gen, device=env.device)
-                writer.write(generator.energies(z).cpu().permute(0, 2, 3, 1).numpy())
+                writer.write(generator.energies(z, gen).cpu().permute(0, 2, 3, 1).numpy())
         log.info("generate: wrote %d jets to %s", cfg.n_jets, out / "gan_jets.h5")
 
         n = min(cfg.n_compare, cfg.n_jets)

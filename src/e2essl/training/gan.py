@@ -90,7 +90,7 @@ def train_gan(
             for _ in range(plan.n_critic):
                 z = torch.randn(b, latent, generator=gen, device=device)
                 with torch.no_grad():
-                    x_fake = generator(z)
+                    x_fake = generator(z, gen)
                 s_real, s_fake = discriminator(x_real), discriminator(x_fake)
                 d_loss = hinge_d_loss(s_real, s_fake)
                 check_finite(d_loss, epoch, i, checkpoint_path)
@@ -98,12 +98,17 @@ def train_gan(
                 d_loss.backward()
                 opt_d.step()
             z = torch.randn(b, latent, generator=gen, device=device)
-            g_loss = hinge_g_loss(discriminator(generator(z)))
+            g_loss = hinge_g_loss(discriminator(generator(z, gen)))
             check_finite(g_loss, epoch, i, checkpoint_path)
             opt_g.zero_grad(set_to_none=True)
             g_loss.backward()
             opt_g.step()
-            values = {"d_loss": float(d_loss.detach()), "g_loss": float(g_loss.detach()), "d_real": float(s_real.detach().mean()), "d_fake": float(s_fake.detach().mean())}
+            values = {
+                "d_loss": float(d_loss.detach()),
+                "g_loss": float(g_loss.detach()),
+                "d_real": float(s_real.detach().mean()),
+                "d_fake": float(s_fake.detach().mean()),
+            }
             for k, v in values.items():
                 sums[k] += v
             step += 1
@@ -152,5 +157,5 @@ def sample(generator: Generator, n: int, seed: int, batch_size: int, device: tor
     out = []
     for lo in range(0, n, batch_size):
         z = torch.randn(min(batch_size, n - lo), generator.config.latent_dim, generator=gen, device=device)
-        out.append(generator.energies(z).cpu())
+        out.append(generator.energies(z, gen).cpu())
     return torch.cat(out) if out else torch.zeros(0)
