@@ -117,7 +117,6 @@ def run_arm(arm: str, args: argparse.Namespace, params: Params) -> None:
     out = Path(args.out)
     sup = params.supervised
     normaliser = prepared.normaliser(params.data.preprocess)
-    # Stored by rank, so the label-fraction subset is a prefix of the full training split.
     train = prepared.load("train", args.fraction, params.data.memory_budget_gb).to(env.device)
     val = prepared.load("val", 1.0, params.data.memory_budget_gb).to(env.device)
     if len(train) < sup.batch_size:
