@@ -152,7 +152,7 @@ def bench_ssl(jets, repeats: int) -> dict:
     def bare() -> float:
         t = time.perf_counter()
         for _ in range(n // SSL_BATCH):
-            loss = barlow_twins_loss(model(xa), model(xb)).loss
+            loss = barlow_twins_loss(*model(xa, xb)).loss
             opt.zero_grad()
             loss.backward()
             opt.step()

@@ -55,9 +55,14 @@ def all_reduce_sum(tensor: torch.Tensor, d: Dist) -> torch.Tensor:
     """
     if not d.enabled:
         return tensor
+    import warnings
+
     from torch.distributed.nn.functional import all_reduce
 
-    return all_reduce(tensor, op=dist.ReduceOp.SUM)
+    with warnings.catch_warnings():
+        # Deprecated in favour of a private module (_functional_collectives); this one is public.
+        warnings.simplefilter("ignore", FutureWarning)
+        return all_reduce(tensor, op=dist.ReduceOp.SUM)
 
 
 def sum_scalar(value: float, d: Dist) -> float:

@@ -1,6 +1,8 @@
 """The projector: an MLP on the 32-d ResNet-15 feature, used only during pretraining.
 
-As in Barlow Twins: (Linear - BatchNorm1d - ReLU) for every width but the last, then a Linear.
+As in Barlow Twins and VICReg: (Linear - BatchNorm1d - ReLU) for every width but the last, then a
+Linear; no biases (BatchNorm follows the first layers, and both losses standardise or centre the
+output, which makes a bias on the last layer a parameter without a gradient).
 Under torchrun the BatchNorm statistics are those of the global batch (:class:`GlobalBatchNorm1d`),
 so a distributed step computes exactly what one process would on the same global batch.
 """
@@ -42,7 +44,7 @@ def make_projector(in_dim: int, widths: list[int]) -> nn.Sequential:
     dims = [in_dim, *widths]
     for i, (a, b) in enumerate(itertools.pairwise(dims)):
         last = i == len(widths) - 1
-        layers.append(nn.Linear(a, b, bias=last))
+        layers.append(nn.Linear(a, b, bias=False))
         if not last:
             layers += [GlobalBatchNorm1d(b), nn.ReLU(inplace=True)]
     return nn.Sequential(*layers)

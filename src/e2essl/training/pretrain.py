@@ -70,14 +70,23 @@ class Monitor:
 
 
 class SiameseModel(nn.Module):
-    """Encoder + projector, so one DDP wrapper covers both."""
+    """Encoder + projector applied to both views in one forward call, so that one DDP wrapper covers
+    both (DDP supports one forward per backward; Barlow Twins' reference code does the same)."""
 
     def __init__(self, encoder: nn.Module, projector: nn.Module) -> None:
         super().__init__()
         self.encoder, self.projector = encoder, projector
+        # The classifier head takes no part in pretraining; a parameter DDP expects a gradient for
+        # and never gets one would leave its gradient bucket unreduced.
+        for p in encoder.head.parameters():
+            p.requires_grad_(False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
         return self.projector(self.encoder.features(x))  # (B, D)
+
+    def forward(self, x_a: torch.Tensor, x_b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # Separate passes: each view's BatchNorm statistics are its own, as in the paper.
+        return self.embed(x_a), self.embed(x_b)
 
 
 def joint_embedding_loss(z_a: torch.Tensor, z_b: torch.Tensor, plan: PretrainPlan, dist: Dist) -> LossTerms:
@@ -122,7 +131,7 @@ def ssl_loss(
     x_a = to_model_input(normaliser(view_a), device)  # (b, C, H, W)
     x_b = to_model_input(normaliser(view_b), device)
     with autocast(device, plan.mixed_precision):
-        z_a, z_b = net(x_a), net(x_b)  # (b, D) each
+        z_a, z_b = net(x_a, x_b)  # (b, D) each
     return joint_embedding_loss(z_a, z_b, plan, dist)
 
 
@@ -190,7 +199,7 @@ def train_ssl(
     """Pretrain ``model`` on ``jets``; returns the per-epoch history (see the module docstring)."""
     dist = dist or Dist()
     net = nn.parallel.DistributedDataParallel(model) if dist.enabled else model
-    optimizer = torch.optim.AdamW(model.parameters(), lr=plan.lr, weight_decay=plan.weight_decay)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=plan.lr, weight_decay=plan.weight_decay)
     total = plan.epochs * ((len(jets) // plan.batch_size) if len(jets) >= plan.batch_size else 1)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_warmup(s, total, max(1, int(plan.warmup_fraction * total))))
     history: list[PretrainEpoch] = []
