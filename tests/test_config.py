@@ -70,3 +70,11 @@ def test_cli_reports_invalid_params_in_one_line_and_fails(tmp_path):
     lines = result.stderr.strip().splitlines()
     assert lines == ["e2essl prepare: error: params.yaml: supervised.epochs: Input should be greater than 0 (got -3)"]
     assert not (tmp_path / "outputs").exists()
+
+
+def test_the_full_profile_is_valid_and_spells_out_the_same_keys():
+    default = yaml.safe_load((REPO / "params.yaml").read_text())
+    full = yaml.safe_load((REPO / "params-full.yaml").read_text())
+    assert {s: set(v) for s, v in full.items()} == {s: set(v) for s, v in default.items()}
+    params = load_params(REPO / "params-full.yaml")
+    assert len(params.study.seeds) >= 3 and min(params.study.fractions) <= 0.01 and max(params.study.fractions) == 1.0

@@ -29,7 +29,9 @@ GLOBAL_BATCH = 12  # not a multiple of 2 * 4: unequal shards are part of the tes
 
 
 def _jets() -> SparseJets:
-    return SparseJets.from_dense(torch.from_numpy(random_images(GLOBAL_BATCH, size=24, channels_last=False, seed=9)), np.arange(GLOBAL_BATCH) % 2)
+    return SparseJets.from_dense(
+        torch.from_numpy(random_images(GLOBAL_BATCH, size=24, channels_last=False, seed=9)), np.arange(GLOBAL_BATCH) % 2
+    )
 
 
 def _models(kind: str) -> torch.nn.Module:
@@ -104,7 +106,9 @@ def test_torchrun_pretrains_and_finetunes_with_rank_zero_writing(tmp_path, small
 
     from .conftest import small_params
 
-    params = small_params(tmp_path, pretrain={"epochs": 1, "batch_size": 32, "projector": [32, 32]}, supervised={"epochs": 1, "batch_size": 32})
+    params = small_params(
+        tmp_path, pretrain={"epochs": 1, "batch_size": 32, "projector": [32, 32]}, supervised={"epochs": 1, "batch_size": 32}
+    )
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params.model_dump(mode="json")))
     prepare(params, small_files["labelled"], tmp_path / "outputs" / "prepare")
     env = os.environ | {"E2ESSL_PROGRESS": "0", "OMP_NUM_THREADS": "1"}

@@ -113,3 +113,36 @@ def test_gradients_flow_are_finite_and_computed_in_float32(loss_fn):
     out.loss.backward()
     for g in (z_a.grad, z_b.grad):
         assert g is not None and torch.isfinite(g).all() and g.abs().sum() > 0
+
+
+def test_a_short_pretraining_run_lowers_the_loss_and_keeps_the_monitors_sane(tmp_path):
+    from e2essl.config import Augment
+    from e2essl.data.preprocess import Normaliser
+    from e2essl.data.sparse import SparseJets
+    from e2essl.models import ResNet15, make_projector
+    from e2essl.training.pretrain import Monitor, PretrainPlan, SiameseModel, train_ssl
+
+    from .conftest import random_images
+
+    torch.manual_seed(0)
+    jets = SparseJets.from_dense(torch.from_numpy(random_images(96, size=24, channels_last=False, seed=4)))
+    labelled = SparseJets.from_dense(torch.from_numpy(random_images(40, size=24, channels_last=False, seed=5)), [0, 1] * 20)
+    norm = Normaliser("log", mean=[0.1] * 3, std=[1.0] * 3, scale=[1.0] * 3)
+    model = SiameseModel(ResNet15(), make_projector(32, [32, 32]))
+    plan = PretrainPlan("barlow_twins", epochs=4, batch_size=32, lr=3e-3, weight_decay=0.0, seed=1, knn_k=5)
+    history = train_ssl(
+        model,
+        jets,
+        norm,
+        Augment(),
+        plan,
+        torch.device("cpu"),
+        Monitor(jets, labelled, labelled),
+        str(tmp_path / "c.pt"),
+        "fp",
+        progress=False,
+    )
+    assert history[-1].loss < 0.8 * history[0].loss
+    assert all(1.0 <= h.rank_features <= 32 and 1.0 <= h.rank_embeddings <= 32 for h in history)
+    assert history[-1].knn_val_auc is not None and 0.0 <= history[-1].knn_val_auc <= 1.0
+    assert set(history[-1].terms) == {"on_diagonal", "off_diagonal"}

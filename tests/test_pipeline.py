@@ -183,3 +183,14 @@ def test_an_experiment_in_a_temporary_workspace_logs_to_the_project_store(projec
     )
     assert int(_run([sys.executable, "-c", script], root, env).stdout.strip()) == 1
     assert not list((root / ".dvc" / "tmp").rglob("mlflow.db"))
+
+
+def test_a_fresh_clone_regenerates_the_default_data_bit_identically(tmp_path):
+    """`make run` simulates data/ on a fresh clone; it must match data.dvc, so `dvc status` is clean."""
+    _copy_repository(tmp_path)
+    shutil.copy2(REPO / "data.dvc", tmp_path / "data.dvc")
+    env = os.environ | {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "E2ESSL_PROGRESS": "0"}
+    _run(["git", "init", "-q"], tmp_path, env)
+    _run([sys.executable, "-m", "e2essl", "simulate"], tmp_path, env)
+    status = _run(["dvc", "status", "data.dvc"], tmp_path, env)
+    assert "up to date" in status.stdout, status.stdout

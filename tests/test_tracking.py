@@ -140,3 +140,21 @@ def test_an_unreachable_store_fails_fast_in_one_line(monkeypatch, tmp_path):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{blocked}/sub/mlflow.db")
     with pytest.raises(TrackingError, match="unreachable or misconfigured"):
         connect("e2essl")
+
+
+def test_a_registered_encoder_loads_into_a_fresh_resnet15_by_version(tmp_path):
+    from e2essl.stages.supervised import load_encoder
+    from e2essl.tracking import model_weights
+
+    torch.manual_seed(3)
+    enc = ResNet15()
+    meta = {"kind": "encoder", "model": enc.config.to_dict(), "normaliser": NORM.to_dict(), "image_size": SMALL}
+    path = save_weights(tmp_path / "encoder.safetensors", enc.encoder_state_dict(), meta)
+    with StageRun("register", {}, {"pipeline": 2}) as reg:
+        version = register_model("e2essl-ssl-encoder", "encoder", path, {}, image_signature((SMALL, SMALL, 3), (32,)), None, reg.run_id)
+    fresh = ResNet15()
+    load_encoder(fresh, model_weights(f"models:/e2essl-ssl-encoder/{version}"))
+    for k, v in enc.encoder_state_dict().items():
+        assert torch.equal(fresh.state_dict()[k], v), k
+    features = Predictor.from_file(path)(random_images(3))
+    assert features.shape == (3, 32)

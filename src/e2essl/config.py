@@ -74,8 +74,8 @@ class Data(Section):
 class Simulate(Section):
     """The built-in jet simulator (``e2essl simulate``); see data/simulate.py for the physics."""
 
-    n_labelled: PositiveInt = 10000
-    n_unlabelled: PositiveInt = 10000
+    n_labelled: PositiveInt = 6000
+    n_unlabelled: PositiveInt = 6000
     seed_labelled: NonNegativeInt = 1
     seed_unlabelled: NonNegativeInt = 2
     # The pool's quark fraction is drawn from this range with its seed and not stored.
@@ -135,7 +135,7 @@ class Study(Section):
     """The label-fraction x seed matrix every supervised arm runs over."""
 
     fractions: list[Annotated[float, Field(gt=0, le=1)]] = [0.01, 0.1, 1.0]
-    seeds: list[NonNegativeInt] = [0, 1, 2]
+    seeds: list[NonNegativeInt] = [0, 1]
 
     @field_validator("fractions", "seeds")
     @classmethod
@@ -158,43 +158,43 @@ class Augment(Section):
     scale_jitter: NonNegativeFloat = 0.05
     # Per-jet global energy scale exp(U(-s, s)) for all channels at once: invariance to the jet's pT.
     energy_scale: NonNegativeFloat = 0.0
-    soft_dropout: Probability = 0.1
+    soft_dropout: Probability = 0.0
     soft_threshold: NonNegativeFloat = 1.0
-    split_prob: Probability = 0.1
+    split_prob: Probability = 0.0
 
 
 class TrainGan(Section):
     """The GAN that makes the unlabelled pretraining set."""
 
-    epochs: PositiveInt = 10
+    epochs: PositiveInt = 2
     batch_size: PositiveInt = 64
     latent_dim: PositiveInt = 64
-    base_channels: PositiveInt = 32
+    base_channels: PositiveInt = 16
     lr_generator: PositiveFloat = 2e-4
     lr_discriminator: PositiveFloat = 2e-4
     beta1: Annotated[float, Field(ge=0, lt=1)] = 0.0
     beta2: Annotated[float, Field(ge=0, lt=1)] = 0.9
     # Discriminator steps per generator step.
     n_critic: PositiveInt = 1
-    max_jets: PositiveInt = 100000
+    max_jets: PositiveInt = 6000
     grid_every: PositiveInt = 1
 
 
 class Generate(Section):
     """Drawing the GAN-generated set and judging it."""
 
-    n_jets: PositiveInt = 10000
+    n_jets: PositiveInt = 6000
     batch_size: PositiveInt = 256
     # Real and generated jets compared by the quality metrics.
-    n_compare: PositiveInt = 2000
-    c2st_epochs: PositiveInt = 5
+    n_compare: PositiveInt = 1000
+    c2st_epochs: PositiveInt = 2
 
 
 class Pretrain(Section):
     """Self-supervised pretraining of the ResNet-15 encoder."""
 
     method: Literal["barlow_twins", "vicreg"] = "barlow_twins"
-    epochs: PositiveInt = 10
+    epochs: PositiveInt = 3
     batch_size: PositiveInt = 256
     lr: PositiveFloat = 1e-3
     weight_decay: NonNegativeFloat = 1e-5
@@ -224,7 +224,7 @@ class Pretrain(Section):
 class Supervised(Section):
     """The budget and rules every supervised arm shares: same epochs, batch, schedule, selection."""
 
-    epochs: PositiveInt = 10
+    epochs: PositiveInt = 6
     batch_size: PositiveInt = 64
     schedule: Literal["cosine", "step", "constant"] = "cosine"
     weight_decay: NonNegativeFloat = 0.0

@@ -170,15 +170,18 @@ class Discriminator(nn.Module):
             layers += [spectral_norm(nn.Conv2d(cin, cout, 4, stride=2, padding=1)), nn.LeakyReLU(0.2, inplace=True)]
         self.features = nn.Sequential(*layers)
         n_summary = 3 * config.channels
-        self.summary = nn.Sequential(spectral_norm(nn.Linear(n_summary, 32)), nn.LeakyReLU(0.2, inplace=True))
+        self.summary = nn.Sequential(spectral_norm(nn.Linear(2 * n_summary, 32)), nn.LeakyReLU(0.2, inplace=True))
         self.head = spectral_norm(nn.Linear(widths[-1] + 32 + 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         coords = coordinates(x.shape[-1], x).expand(x.shape[0], -1, -1, -1)
         h = self.features(torch.cat([x, coords], dim=1)).sum(dim=(2, 3))  # (B, 4b): global sum pooling
-        # Minibatch standard deviation: lets the critic see a collapsed, too-uniform batch.
+        # Minibatch standard deviations: let the critic see a collapsed, too-uniform batch, in its
+        # features and in the physics summary (a generator that always draws 5 tracks shows here).
         spread = h.std(dim=0, unbiased=False).mean().expand(h.shape[0], 1)
-        return self.head(torch.cat([h, self.summary(physics_summary(x)), spread], dim=1)).squeeze(1)
+        phys = physics_summary(x)  # (B, 3C)
+        phys_spread = phys.std(dim=0, unbiased=False).expand_as(phys)
+        return self.head(torch.cat([h, self.summary(torch.cat([phys, phys_spread], dim=1)), spread], dim=1)).squeeze(1)
 
 
 def hinge_d_loss(real_scores: torch.Tensor, fake_scores: torch.Tensor) -> torch.Tensor:
