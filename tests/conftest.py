@@ -27,7 +27,12 @@ def _isolated_env(tmp_path_factory, monkeypatch):
     monkeypatch.delenv("DVC_ROOT", raising=False)
     monkeypatch.delenv("DVC_STAGE", raising=False)
     monkeypatch.delenv("DVC_EXP_NAME", raising=False)
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{store}/mlflow.db")  # an earlier test's connect() may have set another
     yield
+    while mlflow.active_run() is not None:
+        mlflow.end_run()
 
 
 def small_params(tmp: Path, **sections) -> Params:

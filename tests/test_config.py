@@ -32,7 +32,7 @@ def test_repository_params_load_and_match_the_schema():
         ({"study": {"seeds": []}}, "study.seeds: must not be empty"),
         ({"data": {"bad_pixels": "ignore"}}, "data.bad_pixels: Input should be 'error' or 'zero'"),
         ({"data": {"channels": 8}}, "data: channel_names has 3 entries but channels is 8"),
-        ({"finetune": {"frozen_epochs": 50}}, "finetune.frozen_epochs (50) exceeds supervised.epochs (10)"),
+        ({"finetune": {"frozen_epochs": 50}}, "finetune.frozen_epochs (50) exceeds supervised.epochs (6)"),
     ],
 )
 def test_invalid_values_name_the_key(raw, expected):

@@ -1,9 +1,10 @@
 """Stage ``register``: put every model the pipeline holds into the MLflow registry, and set aliases.
 
-Runs at the end of every ``dvc repro`` (``always_changed``), so the registry always agrees with the
-outputs DVC tracks, whether a training stage ran just now, was restored from DVC's run cache, or
-the MLflow store is new. Registration is idempotent: a version is identified by its weights'
-SHA-256, so nothing is ever registered twice.
+Runs whenever a model output changes, so the registry agrees with the outputs DVC tracks whether a
+training stage ran just now or was restored from DVC's run cache (its own output is uncached, so it
+is never restored without running; after deleting mlruns/, ``dvc repro -f register``).
+Registration is idempotent: a version is identified by its weights' SHA-256, so nothing is ever
+registered twice.
 
 =========================  ===========================================  ===========================
 registered model           from                                         ``champion`` alias
