@@ -125,3 +125,13 @@ def test_torchrun_pretrains_and_finetunes_with_rank_zero_writing(tmp_path, small
 
     runs = mlflow.search_runs(experiment_names=["e2essl"])
     assert sorted(runs["tags.e2essl.stage"].dropna()) == ["finetune", "pretrain"]  # one run per stage, from rank 0
+
+
+def test_single_process_stages_refuse_torchrun(tmp_path):
+    env = os.environ | {"WORLD_SIZE": "2", "RANK": "1", "E2ESSL_PROGRESS": "0"}
+    done = subprocess.run([sys.executable, "-m", "e2essl", "train_gan"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1
+    assert (
+        done.stderr.strip().splitlines()[-1]
+        == "e2essl train_gan: error: train_gan runs in one process; start it with `e2essl train_gan`, not under torchrun"
+    )

@@ -40,6 +40,9 @@ class Base(Section):
     threads: NonNegativeInt = 0
     # bf16 autocast on CUDA (losses stay float32); ignored on CPU.
     mixed_precision: bool = True
+    # How dvc.yaml starts the stages that can run distributed (pretrain, scratch, finetune,
+    # linear_probe): "e2essl", or e.g. "torchrun --standalone --nproc_per_node=4 -m e2essl.cli".
+    launcher: str = "e2essl"
 
 
 class Data(Section):

@@ -31,6 +31,14 @@ def progress_enabled() -> bool:
     return sys.stderr.isatty()
 
 
+def require_single_process(stage: str) -> None:
+    """Stages without a distributed mode refuse to run under torchrun instead of repeating their work."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from e2essl.errors import E2EError
+
+        raise E2EError(f"{stage} runs in one process; start it with `e2essl {stage}`, not under torchrun")
+
+
 def layout_from(params: Params, label_key: bool = True) -> Layout:
     """The file layout params.yaml describes."""
     d = params.data

@@ -27,7 +27,7 @@ from e2essl.data.preprocess import Normaliser
 from e2essl.data.writers import atomic_path, write_json, write_text
 from e2essl.metrics import bootstrap_auc, classifier_metrics, roc_points
 from e2essl.models import ResNet15
-from e2essl.stages.common import Prepared, StageEnv
+from e2essl.stages.common import Prepared, StageEnv, require_single_process
 from e2essl.training.common import predict_logits
 
 log = logging.getLogger(__name__)
@@ -88,6 +88,7 @@ def summarise(per_model: dict) -> dict:
 
 
 def run(args: argparse.Namespace, params: Params) -> None:
+    require_single_process("evaluate")
     env = StageEnv.create(params)
     prepared, out = Prepared(Path(args.prepared)), Path(args.out)
     test = prepared.load("test", 1.0, params.data.memory_budget_gb).to(env.device)

@@ -23,7 +23,7 @@ from e2essl.data.sparse import hash_seed
 from e2essl.data.writers import H5JetWriter, write_json
 from e2essl.errors import TrainingError
 from e2essl.models.gan import Generator
-from e2essl.stages.common import StageEnv
+from e2essl.stages.common import StageEnv, require_single_process
 from e2essl.stages.train_gan import load_pool
 from e2essl.training.gan import sample
 
@@ -47,6 +47,7 @@ def observable_labels(channel_names: list[str]) -> dict[str, str]:
 
 
 def run(args: argparse.Namespace, params: Params) -> None:
+    require_single_process("generate")
     from e2essl import plots
     from e2essl.observables import jet_observables
     from e2essl.quality import compare

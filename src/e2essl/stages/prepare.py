@@ -27,7 +27,7 @@ from e2essl.data.splits import check_splits, fraction_size, stratified_splits
 from e2essl.data.store import SparseStoreWriter
 from e2essl.data.writers import write_json
 from e2essl.errors import DataError
-from e2essl.stages.common import Prepared, layout_from, progress_enabled
+from e2essl.stages.common import Prepared, layout_from, progress_enabled, require_single_process
 from e2essl.tracking import StageRun
 
 log = logging.getLogger(__name__)
@@ -104,6 +104,7 @@ def prepare(params: Params, source: Path, out: Path, progress: bool = False) -> 
 
 
 def run(args: argparse.Namespace, params: Params) -> None:
+    require_single_process("prepare")
     source = Path(args.input or params.data.labelled)
     out = Path(args.out)
     dump = params.model_dump(mode="json")

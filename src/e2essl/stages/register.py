@@ -31,7 +31,7 @@ from pathlib import Path
 from e2essl.checkpoint import file_sha256, load_weights
 from e2essl.config import Params
 from e2essl.data.writers import write_json
-from e2essl.stages.common import Prepared, StageEnv
+from e2essl.stages.common import Prepared, StageEnv, require_single_process
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +86,7 @@ def collect(outputs: Path, params: Params) -> list[dict]:
 
 
 def run(args: argparse.Namespace, params: Params) -> None:
+    require_single_process("register")
     from e2essl.tracking import CHAMPION, image_signature, latent_signature, register_model, set_alias, set_champion
 
     env = StageEnv.create(params)

@@ -22,7 +22,7 @@ import numpy as np
 from e2essl import plots
 from e2essl.config import Params
 from e2essl.data.writers import write_json, write_text
-from e2essl.stages.common import StageEnv
+from e2essl.stages.common import StageEnv, require_single_process
 from e2essl.stages.evaluate import ARMS, fraction_label
 
 log = logging.getLogger(__name__)
@@ -209,6 +209,7 @@ def load_histories(models_dir: Path, fractions: list[float], seeds: list[int]) -
 
 
 def run(args: argparse.Namespace, params: Params) -> None:
+    require_single_process("report")
     env = StageEnv.create(params)
     evaluate_dir, out = Path(args.evaluate), Path(args.out)
     fractions = params.study.fractions

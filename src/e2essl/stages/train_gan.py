@@ -24,7 +24,7 @@ from e2essl.data.preprocess import ChannelStats
 from e2essl.data.sparse import SparseJets, hash_seed
 from e2essl.data.writers import write_json
 from e2essl.models.gan import Discriminator, GanConfig, Generator
-from e2essl.stages.common import StageEnv, layout_from
+from e2essl.stages.common import StageEnv, layout_from, require_single_process
 from e2essl.training.gan import GanEpoch, GanPlan, sample, train_gan
 
 log = logging.getLogger(__name__)
@@ -55,6 +55,7 @@ def energy_scale(pool: SparseJets) -> tuple[float, ...]:
 
 
 def run(args: argparse.Namespace, params: Params) -> None:
+    require_single_process("train_gan")
     env = StageEnv.create(params)
     cfg = params.train_gan
     source = Path(args.input or params.data.unlabelled)
