@@ -72,9 +72,11 @@ def test_cli_reports_invalid_params_in_one_line_and_fails(tmp_path):
     assert not (tmp_path / "outputs").exists()
 
 
-def test_the_full_profile_is_valid_and_spells_out_the_same_keys():
+@pytest.mark.parametrize("profile", ["params-full.yaml", "params-study.yaml"])
+def test_the_other_profiles_are_valid_and_spell_out_the_same_keys(profile):
     default = yaml.safe_load((REPO / "params.yaml").read_text())
-    full = yaml.safe_load((REPO / "params-full.yaml").read_text())
-    assert {s: set(v) for s, v in full.items()} == {s: set(v) for s, v in default.items()}
-    params = load_params(REPO / "params-full.yaml")
+    other = yaml.safe_load((REPO / profile).read_text())
+    assert {s: set(v) for s, v in other.items()} == {s: set(v) for s, v in default.items()}
+    params = load_params(REPO / profile)
     assert len(params.study.seeds) >= 3 and min(params.study.fractions) <= 0.01 and max(params.study.fractions) == 1.0
+    assert params.data.labelled != load_params(REPO / "params.yaml").data.labelled  # its own data files

@@ -229,6 +229,9 @@ class Supervised(Section):
 
     epochs: PositiveInt = 6
     batch_size: PositiveInt = 64
+    # An epoch makes at least this many steps (several passes over a small label fraction), so the
+    # 1 % arms train for more than a handful of steps; one validation per epoch either way.
+    min_steps_per_epoch: PositiveInt = 20
     schedule: Literal["cosine", "step", "constant"] = "cosine"
     weight_decay: NonNegativeFloat = 0.0
     # Exact-on-the-grid augmentation (flips, 90-degree rotations) for every arm.

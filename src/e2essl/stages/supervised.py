@@ -134,6 +134,7 @@ def run_arm(arm: str, args: argparse.Namespace, params: Params) -> None:
     plan = SupervisedPlan(
         epochs=sup.epochs,
         batch_size=sup.batch_size,
+        min_steps_per_epoch=sup.min_steps_per_epoch,
         schedule=sup.schedule,
         seed=data_seed,
         augment=sup.augment,

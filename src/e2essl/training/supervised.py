@@ -44,6 +44,9 @@ class SupervisedPlan:
     weight_decay: float = 0.0
     # Epochs with the encoder frozen at the start (finetuning warm-up); all of them for a linear probe.
     frozen_epochs: int = 0
+    # An epoch makes at least this many optimiser steps: small label fractions pass over their jets
+    # several times per epoch instead of training for a handful of steps in all.
+    min_steps_per_epoch: int = 1
     mixed_precision: bool = False
 
 
@@ -109,11 +112,20 @@ def train_epoch(
     checkpoint_path: str = "(no checkpoint)",
     progress: bool = False,
 ) -> float:
-    """One pass over ``train`` (``net`` may be the DDP wrapper of ``model``); the mean training loss."""
-    order = epoch_order(len(train), plan.seed, epoch)
+    """One epoch over ``train`` (``net`` may be the DDP wrapper of ``model``); the mean training loss.
+
+    An epoch is as many shuffled passes over the jets as it takes to make ``plan.min_steps_per_epoch``
+    optimiser steps (one pass for all but small subsets).
+    """
     gen = epoch_generator(plan.seed, epoch, 1, device)
     total_loss, total_n = 0.0, 0
-    batches = list(global_batches(order, plan.batch_size, drop_last=False))
+    per_pass = -(-len(train) // plan.batch_size)
+    passes = max(1, -(-plan.min_steps_per_epoch // per_pass))
+    batches = [
+        idx
+        for p in range(passes)
+        for idx in global_batches(epoch_order(len(train), plan.seed, epoch * passes + p), plan.batch_size, drop_last=False)
+    ]
     bar = tqdm(batches, desc=f"epoch {epoch + 1}/{plan.epochs}", unit="batch", leave=False, disable=not (progress and dist.is_main))
     for step, idx in enumerate(bar):
         # Augment the whole global batch (one random stream for every rank); each rank then
