@@ -72,7 +72,7 @@ def test_cli_reports_invalid_params_in_one_line_and_fails(tmp_path):
     assert not (tmp_path / "outputs").exists()
 
 
-@pytest.mark.parametrize("profile", ["params-full.yaml", "params-study.yaml"])
+@pytest.mark.parametrize("profile", ["params-full.yaml"])
 def test_the_other_profiles_are_valid_and_spell_out_the_same_keys(profile):
     default = yaml.safe_load((REPO / "params.yaml").read_text())
     other = yaml.safe_load((REPO / profile).read_text())
