@@ -130,3 +130,12 @@ def test_prepare_refuses_a_single_class_file(tmp_path):
     with pytest.raises(DataError, match=r"all 50 jets are quark \(y = 1\): a classifier needs both classes"):
         prepare(small_params(tmp_path), path, tmp_path / "out")
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_dense_in_channels_last_order_has_the_same_images():
+    images = torch.from_numpy(random_images(5, size=12, channels_last=False, seed=3))
+    batch = SparseJets.from_dense(images, np.zeros(5, dtype=np.int64)).gather(torch.tensor([4, 0, 2]))
+    cl = batch.dense(channels_last=True)
+    assert cl.shape == (3, 3, 12, 12) and cl.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(cl, images[[4, 0, 2]])
+    assert torch.equal(cl, batch.dense())

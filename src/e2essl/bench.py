@@ -261,7 +261,7 @@ def bench_data_path(tmp: Path, n: int, repeats: int) -> dict:
         gen = torch.Generator().manual_seed(epoch)
         for idx in global_batches(epoch_order(len(jets), 1, epoch), SSL_BATCH, drop_last=False):
             batch = jets.gather(idx)
-            a, b = norm(augment(batch, Augment(), gen)), norm(augment(batch, Augment(), gen))
+            a, b = norm(augment(batch, Augment(), gen), channels_last=True), norm(augment(batch, Augment(), gen), channels_last=True)
             assert a.shape == b.shape
 
     def ours_steady() -> float:
