@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from e2essl.data.files import Layout, open_jet_file
+from e2essl.data.preprocess import Normaliser
 from e2essl.data.sparse import SparseJets, epoch_order, shard
 from e2essl.data.splits import check_splits, fraction_size, stratified_splits
 from e2essl.data.store import SparseStore, SparseStoreWriter
@@ -139,3 +140,14 @@ def test_dense_in_channels_last_order_has_the_same_images():
     assert cl.shape == (3, 3, 12, 12) and cl.is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(cl, images[[4, 0, 2]])
     assert torch.equal(cl, batch.dense())
+
+
+@pytest.mark.parametrize("method", ["log", "e2e", "standardise"])
+def test_network_input_is_made_channels_last(method):
+    images = torch.from_numpy(random_images(4, size=12, channels_last=False, seed=5))
+    batch = SparseJets.from_dense(images, np.zeros(4, dtype=np.int64)).gather(torch.arange(4))
+    x = Normaliser(method, mean=[0.1] * 3, std=[2.0] * 3, scale=[1.5] * 3)(batch)
+    assert x.shape == (4, 3, 12, 12) and x.is_contiguous(memory_format=torch.channels_last)
+    expected = {"log": torch.log1p(images / 1.5), "standardise": (images - 0.1) / 2.0}
+    if method in expected:
+        assert torch.allclose(x, expected[method])

@@ -32,8 +32,17 @@ NORM = Normaliser("log", mean=[0.1] * 3, std=[1.0] * 3, scale=[1.0] * 3)
 def one_thread():
     """Bit-identical weights need one intra-op thread: with two, oneDNN's convolutions on this CPU now
     and then differ in the last bit (measured: about one run pair in five; README, Determinism)."""
+    yield from _threads(1)
+
+
+@pytest.fixture
+def two_threads():
+    yield from _threads(2)
+
+
+def _threads(n):
     before = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(n)
     yield
     torch.set_num_threads(before)
 
@@ -70,14 +79,34 @@ def test_same_seed_same_result_and_selection_on_validation(tmp_path, one_thread)
     assert a.best_val_auc > 0.8  # the toy task is learnt
 
 
-def test_with_two_threads_the_same_seed_agrees_to_float_rounding(tmp_path):
-    torch.set_num_threads(2)
+def test_with_two_threads_the_same_seed_agrees_to_float_rounding(tmp_path, two_threads):
     model_a, a = _train(tmp_path, ckpt="a.pt")
     model_b, b = _train(tmp_path, ckpt="b.pt")
     assert [h.val_auc for h in a.history] == pytest.approx([h.val_auc for h in b.history], abs=1e-3)
     assert a.best_epoch == b.best_epoch
     for k, v in model_a.state_dict().items():
         assert torch.allclose(v.float(), model_b.state_dict()[k].float(), atol=1e-4), k
+
+
+def test_small_subsets_make_at_least_min_steps_per_epoch(tmp_path, monkeypatch):
+    import e2essl.training.supervised as supervised
+
+    batch_sizes = []
+    real_loss = supervised.supervised_loss
+
+    def counting_loss(net, batch, *args, **kwargs):
+        batch_sizes.append(batch.size)
+        return real_loss(net, batch, *args, **kwargs)
+
+    monkeypatch.setattr(supervised, "supervised_loss", counting_loss)
+    model = ResNet15()
+    plan = SupervisedPlan(epochs=1, batch_size=16, schedule="constant", seed=7, min_steps_per_epoch=20)
+    params = [{"params": list(model.parameters()), "lr": 1e-3}]
+    train_supervised(
+        model, params, _toy_jets(40, 1), _toy_jets(16, 2), NORM, plan, torch.device("cpu"), str(tmp_path / "c.pt"), "fp", progress=False
+    )
+    # 40 jets in batches of 16 are 3 steps a pass; 20 steps need 7 whole passes, each jet seen 7 times.
+    assert len(batch_sizes) == 21 and sum(batch_sizes) == 7 * 40
 
 
 def test_a_crash_and_resume_ends_with_the_uninterrupted_weights(tmp_path, one_thread):

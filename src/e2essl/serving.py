@@ -71,7 +71,7 @@ class Predictor:
         out = []
         for lo in range(0, len(images), batch_size):
             x = torch.from_numpy(np.ascontiguousarray(images[lo : lo + batch_size], dtype=np.float32))
-            x = self.normaliser(SparseBatch.from_dense(x), channels_last=True)
+            x = self.normaliser(SparseBatch.from_dense(x))
             y = torch.sigmoid(self.model(x)) if self.kind == "classifier" else self.model.features(x)
             out.append(y.numpy())
         return np.concatenate(out) if out else np.zeros((0,), np.float32)

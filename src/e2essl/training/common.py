@@ -100,7 +100,7 @@ def predict_logits(
     out = []
     for lo in range(0, len(jets), batch_size):
         idx = torch.arange(lo, min(lo + batch_size, len(jets)))
-        x = to_model_input(normaliser(jets.gather(idx), channels_last=True), device)
+        x = to_model_input(normaliser(jets.gather(idx)), device)
         with autocast(device, mixed_precision):
             y = model.features(x) if features else model(x)
         out.append(y.float().cpu())

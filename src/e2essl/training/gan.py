@@ -85,7 +85,7 @@ def train_gan(
         sums = {"d_loss": 0.0, "g_loss": 0.0, "d_real": 0.0, "d_fake": 0.0}
         batches = list(shard(order, plan.batch_size, 0, 1, drop_last=len(real) >= plan.batch_size))
         for i, idx in enumerate(tqdm(batches, desc=f"GAN epoch {epoch + 1}/{plan.epochs}", leave=False, disable=not progress)):
-            x_real = to_log_space(real.gather(idx).dense().to(device), scale).contiguous(memory_format=torch.channels_last)
+            x_real = to_log_space(real.gather(idx).dense(channels_last=True).to(device), scale)
             b = x_real.shape[0]
             for _ in range(plan.n_critic):
                 z = torch.randn(b, latent, generator=gen, device=device)

@@ -128,8 +128,8 @@ def ssl_loss(
     """
     mine = rank_positions(batch.size, dist.rank, dist.world)
     view_a, view_b = augment(batch, views, gen).take_jets(mine), augment(batch, views, gen).take_jets(mine)
-    x_a = to_model_input(normaliser(view_a, channels_last=True), device)  # (b, C, H, W)
-    x_b = to_model_input(normaliser(view_b, channels_last=True), device)
+    x_a = to_model_input(normaliser(view_a), device)  # (b, C, H, W)
+    x_b = to_model_input(normaliser(view_b), device)
     with autocast(device, plan.mixed_precision):
         z_a, z_b = net(x_a, x_b)  # (b, D) each
     return joint_embedding_loss(z_a, z_b, plan, dist)

@@ -92,7 +92,7 @@ def supervised_loss(
     the mean BCE over the global batch in one process.
     """
     mine = rank_positions(batch.size, dist.rank, dist.world)
-    x = to_model_input(normaliser(batch.take_jets(mine), channels_last=True), device)  # (b, C, H, W)
+    x = to_model_input(normaliser(batch.take_jets(mine)), device)  # (b, C, H, W)
     y = labels[mine].to(device).float()  # (b,)
     with autocast(device, mixed_precision):
         logits = net(x)  # (b,)
