@@ -98,3 +98,30 @@ def test_random_per_jet_and_different_between_the_two_views(batch):
     # Reproducible from the generator's seed.
     again_a, _ = two_views(same, cfg, gen(1))
     assert torch.equal(again_a.dense(), dense_a)
+
+
+def _shifted(x: torch.Tensor, dr: int, dc: int) -> torch.Tensor:
+    """``x`` (C, H, W) moved by (dr, dc) pixels with zero fill."""
+    _, h, w = x.shape
+    out = torch.zeros_like(x)
+    src = x[:, max(0, -dr) : h - max(0, dr), max(0, -dc) : w - max(0, dc)]
+    out[:, max(0, dr) : max(0, dr) + src.shape[1], max(0, dc) : max(0, dc) + src.shape[2]] = src
+    return out
+
+
+@pytest.mark.parametrize("size", [(24, 24), (10, 14)])
+def test_flips_transpose_and_shift_together_move_each_jet_as_one_symmetry_then_one_shift(size):
+    # The three are composed into one map of the grid per jet: each output must still be a shift of
+    # one symmetry of its input (on a non-square grid only the flips, no transpose).
+    h, w = size
+    images = torch.from_numpy(random_images(12, size=max(h, w), channels_last=False, seed=4))[:, :, :h, :w].contiguous()
+    out = augment(SparseBatch.from_dense(images), only(flip=True, rotate90=True, max_shift=2), gen(5)).dense()
+    assert out.shape == images.shape
+    for i in range(len(images)):
+        x = images[i]
+        if h == w:
+            symmetries = [torch.rot90(t, k, dims=(1, 2)) for t in (x, x.flip(2)) for k in range(4)]
+        else:
+            symmetries = [x, x.flip(1), x.flip(2), x.flip(1).flip(2)]
+        moves = [_shifted(s, dr, dc) for s in symmetries for dr in range(-2, 3) for dc in range(-2, 3)]
+        assert any(torch.equal(out[i], m) for m in moves), f"jet {i} is not a shifted symmetry of its input"

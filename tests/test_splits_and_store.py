@@ -10,7 +10,7 @@ import torch
 
 from e2essl.data.files import Layout, open_jet_file
 from e2essl.data.preprocess import Normaliser
-from e2essl.data.sparse import SparseJets, epoch_order, shard
+from e2essl.data.sparse import DenseBuffer, SparseJets, epoch_order, shard
 from e2essl.data.splits import check_splits, fraction_size, stratified_splits
 from e2essl.data.store import SparseStore, SparseStoreWriter
 from e2essl.errors import DataError
@@ -151,3 +151,18 @@ def test_network_input_is_made_channels_last(method):
     expected = {"log": torch.log1p(images / 1.5), "standardise": (images - 0.1) / 2.0}
     if method in expected:
         assert torch.allclose(x, expected[method])
+
+
+def test_a_reused_dense_buffer_gives_the_same_input_and_keeps_its_memory():
+    images = torch.from_numpy(random_images(6, size=12, channels_last=False, seed=7))
+    jets = SparseJets.from_dense(images, np.zeros(6, dtype=np.int64))
+    norm = Normaliser("log", mean=[0.0] * 3, std=[1.0] * 3, scale=[1.5] * 3)
+    buffer = DenseBuffer()
+    first = norm(jets.gather(torch.arange(6)), buffer)
+    assert torch.equal(first, norm(jets.gather(torch.arange(6))))
+    pointer = first.data_ptr()
+    # A smaller batch next: written into the same memory, with nothing left of the previous one.
+    second = norm(jets.gather(torch.tensor([5, 1])), buffer)
+    assert second.data_ptr() == pointer
+    assert torch.equal(second, torch.log1p(images[[5, 1]] / 1.5))
+    assert second.is_contiguous(memory_format=torch.channels_last)

@@ -465,7 +465,7 @@ def run(args: argparse.Namespace, params: Params) -> None:
 
     log = logging.getLogger(__name__)
     quick = args.quick
-    repeats = 2 if quick else 3
+    repeats = 2 if quick else 5
     results: dict = {
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads",
         "date": time.strftime("%Y-%m-%d"),

@@ -13,12 +13,13 @@ Preprocessing runs after augmentation, so the physics augmentations act on energ
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
 
-from e2essl.data.sparse import SparseBatch
+from e2essl.data.sparse import DenseBuffer, SparseBatch, pixel_tables
 
 E2E_ZERO_SUPPRESSION = 1e-3  # GeV
 E2E_HCAL_FACTOR = 25.0
@@ -102,24 +103,35 @@ class Normaliser:
         return Normaliser(method, self.mean, self.std, self.scale, self.hcal_channel)
 
     def _per_value(self, batch: SparseBatch, per_channel: list[float]) -> torch.Tensor:
-        _, h, w = batch.image_shape
-        table = torch.tensor(per_channel, dtype=batch.values.dtype, device=batch.values.device)
-        return table[batch.pixel // (h * w)]
+        """``per_channel[c]`` for every non-zero pixel of the batch (nnz,)."""
+        table = _per_pixel_table(tuple(per_channel), batch.image_shape, batch.values.dtype, batch.values.device)
+        return table.index_select(0, batch.pixel)
 
-    def __call__(self, batch: SparseBatch) -> torch.Tensor:
+    def __call__(self, batch: SparseBatch, out: DenseBuffer | None = None) -> torch.Tensor:
         """Network input (B, C, H, W) float32, laid out channels-last in memory (what the
-        convolutions run fastest on; filled that way directly, with no copy afterwards)."""
+        convolutions run fastest on; filled that way directly, with no copy afterwards).
+
+        With ``out`` the input is written into that reused buffer (valid until its next use)."""
         if self.method == "log":
-            return batch.replace(values=torch.log1p(batch.values / self._per_value(batch, self.scale))).dense(channels_last=True)
+            return batch.replace(values=torch.log1p(batch.values / self._per_value(batch, self.scale))).dense(True, out)
         if self.method == "e2e":
             batch = batch.keep(batch.values >= E2E_ZERO_SUPPRESSION)
             factor = [1.0 / E2E_SCALE] * batch.image_shape[0]
             if self.hcal_channel is not None:
                 factor[self.hcal_channel] = E2E_HCAL_FACTOR / E2E_SCALE
-            return batch.replace(values=batch.values * self._per_value(batch, factor)).dense(channels_last=True)
+            return batch.replace(values=batch.values * self._per_value(batch, factor)).dense(True, out)
         if self.method == "standardise":
-            dense = batch.dense(channels_last=True)
+            dense = batch.dense(True, out)
             mean = torch.tensor(self.mean, dtype=dense.dtype, device=dense.device).view(1, -1, 1, 1)
             std = torch.tensor(self.std, dtype=dense.dtype, device=dense.device).view(1, -1, 1, 1)
-            return (dense - mean) / std
+            return dense.sub_(mean).div_(std)
         raise ValueError(f"unknown preprocessing method {self.method!r}")
+
+
+@functools.lru_cache(maxsize=32)
+def _per_pixel_table(
+    per_channel: tuple[float, ...], image_shape: tuple[int, int, int], dtype: torch.dtype, device: torch.device
+) -> torch.Tensor:
+    """(C*H*W,) ``per_channel[c]`` at every flat pixel index (built once per normaliser and shape)."""
+    table = torch.tensor(per_channel, dtype=dtype, device=device)
+    return table.index_select(0, pixel_tables(image_shape, device).channel)

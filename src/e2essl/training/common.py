@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from e2essl.data.preprocess import Normaliser
-from e2essl.data.sparse import SparseJets, hash_seed
+from e2essl.data.sparse import DenseBuffer, SparseJets, hash_seed
 from e2essl.errors import TrainingError
 
 log = logging.getLogger(__name__)
@@ -97,10 +97,10 @@ def predict_logits(
     """Logits (N,) of a classifier (or its (N, 32) features) over all jets, in eval mode."""
     was_training = model.training
     model.eval()
-    out = []
+    out, buffer = [], DenseBuffer()
     for lo in range(0, len(jets), batch_size):
         idx = torch.arange(lo, min(lo + batch_size, len(jets)))
-        x = to_model_input(normaliser(jets.gather(idx)), device)
+        x = to_model_input(normaliser(jets.gather(idx), buffer), device)
         with autocast(device, mixed_precision):
             y = model.features(x) if features else model(x)
         out.append(y.float().cpu())

@@ -23,7 +23,7 @@ from e2essl.augment import augment
 from e2essl.checkpoint import rng_state, save_checkpoint, set_rng_state
 from e2essl.config import Augment
 from e2essl.data.preprocess import Normaliser
-from e2essl.data.sparse import SparseBatch, SparseJets, epoch_order, global_batches, rank_positions
+from e2essl.data.sparse import DenseBuffer, SparseBatch, SparseJets, epoch_order, global_batches, rank_positions
 from e2essl.distributed import Dist
 from e2essl.losses import LossTerms, barlow_twins_loss, vicreg_loss
 from e2essl.metrics import effective_rank, knn_auc
@@ -120,16 +120,19 @@ def ssl_loss(
     plan: PretrainPlan,
     device: torch.device,
     dist: Dist,
+    buffers: tuple[DenseBuffer, DenseBuffer] | None = None,
 ) -> LossTerms:
     """The joint-embedding loss of one global batch, this rank's share of the forward pass.
 
     Every rank draws both views of the whole global batch from the same stream and keeps its own
-    jets', so the views (and the run) do not depend on the number of ranks.
+    jets', so the views (and the run) do not depend on the number of ranks. ``buffers`` take the
+    two dense views (reused from step to step; see :class:`~e2essl.data.sparse.DenseBuffer`).
     """
+    buf_a, buf_b = buffers or (None, None)
     mine = rank_positions(batch.size, dist.rank, dist.world)
     view_a, view_b = augment(batch, views, gen).take_jets(mine), augment(batch, views, gen).take_jets(mine)
-    x_a = to_model_input(normaliser(view_a), device)  # (b, C, H, W)
-    x_b = to_model_input(normaliser(view_b), device)
+    x_a = to_model_input(normaliser(view_a, buf_a), device)  # (b, C, H, W)
+    x_b = to_model_input(normaliser(view_b, buf_b), device)
     with autocast(device, plan.mixed_precision):
         z_a, z_b = net(x_a, x_b)  # (b, D) each
     return joint_embedding_loss(z_a, z_b, plan, dist)
@@ -155,12 +158,13 @@ def pretrain_epoch(
     order = epoch_order(len(jets), plan.seed, epoch)
     batches = list(global_batches(order, plan.batch_size, drop_last=len(jets) >= plan.batch_size))
     steps_per_epoch = len(batches)
+    buffers = DenseBuffer(), DenseBuffer()  # the two dense views of each step, in the same memory
     loss_sum, term_sums = 0.0, {}
     bar = tqdm(
         batches, desc=f"pretrain epoch {epoch + 1}/{plan.epochs}", unit="batch", leave=False, disable=not (progress and dist.is_main)
     )
     for step, idx in enumerate(bar):
-        terms = ssl_loss(net, jets.gather(idx), views, gen, normaliser, plan, device, dist)
+        terms = ssl_loss(net, jets.gather(idx), views, gen, normaliser, plan, device, dist, buffers)
         check_finite(terms.loss, epoch, step, checkpoint_path)
         optimizer.zero_grad(set_to_none=True)
         terms.loss.backward()

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from e2essl.augment import GEOMETRIC, augment
 from e2essl.checkpoint import rng_state, save_checkpoint, set_rng_state
 from e2essl.data.preprocess import Normaliser
-from e2essl.data.sparse import SparseBatch, SparseJets, epoch_order, global_batches, rank_positions
+from e2essl.data.sparse import DenseBuffer, SparseBatch, SparseJets, epoch_order, global_batches, rank_positions
 from e2essl.distributed import Dist, sum_scalar
 from e2essl.metrics import classifier_metrics
 from e2essl.training.common import autocast, check_finite, epoch_generator, make_scheduler, predict_logits, to_model_input
@@ -85,14 +85,16 @@ def supervised_loss(
     device: torch.device,
     dist: Dist,
     mixed_precision: bool = False,
+    buffer: DenseBuffer | None = None,
 ) -> torch.Tensor:
     """BCE-with-logits of this rank's share of a global batch (B jets, ``labels`` (B,)).
 
     The sum over the share, times world / B: DDP's gradient average then equals the gradient of
-    the mean BCE over the global batch in one process.
+    the mean BCE over the global batch in one process. ``buffer`` takes the dense input (reused
+    from step to step; see :class:`~e2essl.data.sparse.DenseBuffer`).
     """
     mine = rank_positions(batch.size, dist.rank, dist.world)
-    x = to_model_input(normaliser(batch.take_jets(mine)), device)  # (b, C, H, W)
+    x = to_model_input(normaliser(batch.take_jets(mine), buffer), device)  # (b, C, H, W)
     y = labels[mine].to(device).float()  # (b,)
     with autocast(device, mixed_precision):
         logits = net(x)  # (b,)
@@ -118,6 +120,7 @@ def train_epoch(
     optimiser steps (one pass for all but small subsets).
     """
     gen = epoch_generator(plan.seed, epoch, 1, device)
+    buffer = DenseBuffer()  # the dense input of each step, written into the same memory
     total_loss, total_n = 0.0, 0
     per_pass = -(-len(train) // plan.batch_size)
     passes = max(1, -(-plan.min_steps_per_epoch // per_pass))
@@ -133,7 +136,7 @@ def train_epoch(
         batch = train.gather(idx)
         if plan.augment:
             batch = augment(batch, GEOMETRIC, gen)
-        loss = supervised_loss(net, batch, train.labels[idx], normaliser, device, dist, plan.mixed_precision)
+        loss = supervised_loss(net, batch, train.labels[idx], normaliser, device, dist, plan.mixed_precision, buffer)
         check_finite(loss, epoch, step, checkpoint_path)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
