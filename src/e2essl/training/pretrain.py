@@ -152,13 +152,15 @@ def pretrain_epoch(
     checkpoint_path: str = "(no checkpoint)",
     on_step: Callable[[int, dict[str, float]], None] | None = None,
     progress: bool = False,
+    buffers: tuple[DenseBuffer, DenseBuffer] | None = None,
 ) -> tuple[float, dict[str, float]]:
-    """One pass over ``jets``: the mean loss and mean loss terms."""
+    """One pass over ``jets``: the mean loss and mean loss terms. ``buffers`` receive the two dense
+    views of each step (a run passes the same pair to every epoch; a new pair when None)."""
     gen = epoch_generator(plan.seed, epoch, 2, device)
     order = epoch_order(len(jets), plan.seed, epoch)
     batches = list(global_batches(order, plan.batch_size, drop_last=len(jets) >= plan.batch_size))
     steps_per_epoch = len(batches)
-    buffers = DenseBuffer(), DenseBuffer()  # the two dense views of each step, in the same memory
+    buffers = buffers or (DenseBuffer(), DenseBuffer())
     loss_sum, term_sums = 0.0, {}
     bar = tqdm(
         batches, desc=f"pretrain epoch {epoch + 1}/{plan.epochs}", unit="batch", leave=False, disable=not (progress and dist.is_main)
@@ -217,11 +219,12 @@ def train_ssl(
         start = resume["epoch"] + 1
         log.info("resuming pretraining from %s after epoch %d", checkpoint_path, start)
 
+    buffers = DenseBuffer(), DenseBuffer()  # the two dense views of every step are written into the same memory
     for epoch in range(start, plan.epochs):
         t0 = time.perf_counter()
         net.train()
         loss, terms = pretrain_epoch(
-            net, optimizer, scheduler, jets, normaliser, views, plan, epoch, device, dist, checkpoint_path, on_step, progress
+            net, optimizer, scheduler, jets, normaliser, views, plan, epoch, device, dist, checkpoint_path, on_step, progress, buffers
         )
         with_knn = (epoch + 1) % plan.monitor_every == 0 or epoch + 1 == plan.epochs
         rank_f, rank_z, knn = monitors(model, normaliser, monitor, device, with_knn, plan.knn_k)

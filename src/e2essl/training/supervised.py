@@ -113,14 +113,16 @@ def train_epoch(
     dist: Dist,
     checkpoint_path: str = "(no checkpoint)",
     progress: bool = False,
+    buffer: DenseBuffer | None = None,
 ) -> float:
     """One epoch over ``train`` (``net`` may be the DDP wrapper of ``model``); the mean training loss.
 
     An epoch is as many shuffled passes over the jets as it takes to make ``plan.min_steps_per_epoch``
-    optimiser steps (one pass for all but small subsets).
+    optimiser steps (one pass for all but small subsets). ``buffer`` receives each step's dense
+    input (a run passes the same one to every epoch; a new one when None).
     """
     gen = epoch_generator(plan.seed, epoch, 1, device)
-    buffer = DenseBuffer()  # the dense input of each step, written into the same memory
+    buffer = buffer or DenseBuffer()
     total_loss, total_n = 0.0, 0
     per_pass = -(-len(train) // plan.batch_size)
     passes = max(1, -(-plan.min_steps_per_epoch // per_pass))
@@ -194,11 +196,14 @@ def train_supervised(
         start_epoch = state["epoch"] + 1
         log.info("resuming from %s after epoch %d", checkpoint_path, start_epoch)
 
+    buffer = DenseBuffer()  # every step's dense input is written into the same memory
     for epoch in range(start_epoch, plan.epochs):
         t0 = time.perf_counter()
         _set_encoder_trainable(model, epoch >= plan.frozen_epochs)
         ddp_model.train()
-        train_loss = train_epoch(ddp_model, model, optimizer, train, normaliser, plan, epoch, device, dist, checkpoint_path, progress)
+        train_loss = train_epoch(
+            ddp_model, model, optimizer, train, normaliser, plan, epoch, device, dist, checkpoint_path, progress, buffer
+        )
         lr = optimizer.param_groups[-1]["lr"]
         scheduler.step()
 
