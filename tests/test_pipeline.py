@@ -93,6 +93,27 @@ def test_repro_runs_every_stage_and_leaves_dvc_clean(project):
     assert "Running stage 'register'" in forced.stdout
 
 
+def test_a_change_anywhere_in_the_code_makes_every_stage_stale_and_bytecode_does_not(project):
+    # The stages run code from all over the package (the data layer, augmentations, shared training
+    # helpers); a change to any of it must not leave outputs made by the old code looking up to date.
+    root, env = project["root"], project["env"]
+    shared = root / "src/e2essl/data/sparse.py"
+    original = shared.read_text()
+    cache = root / "src/e2essl/__pycache__"
+    cache.mkdir(exist_ok=True)
+    (cache / "sparse.cpython-311.pyc").write_bytes(b"bytecode")
+    try:
+        assert "up to date" in _run(["dvc", "status"], root, env).stdout  # bytecode is ignored
+        shared.write_text(original + "\n# changed\n")
+        stale = _run(["dvc", "status"], root, env).stdout
+        for stage in ("prepare", "train_gan", "generate", "pretrain", "scratch@0.1-0", "finetune@1.0-1", "evaluate", "report"):
+            assert f"{stage}:" in stale, stale
+    finally:
+        shared.write_text(original)
+        shutil.rmtree(cache)
+    assert "up to date" in _run(["dvc", "status"], root, env).stdout
+
+
 def test_outputs_metrics_and_report(project):
     root, env = project["root"], project["env"]
     summary = json.loads((root / "outputs/evaluate/summary.json").read_text())
