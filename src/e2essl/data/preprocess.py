@@ -113,15 +113,15 @@ class Normaliser:
 
         With ``out`` the input is written into that reused buffer (valid until its next use)."""
         if self.method == "log":
-            return batch.replace(values=torch.log1p(batch.values / self._per_value(batch, self.scale))).dense(True, out)
+            return batch.replace(values=torch.log1p(batch.values / self._per_value(batch, self.scale))).dense(channels_last=True, out=out)
         if self.method == "e2e":
             batch = batch.keep(batch.values >= E2E_ZERO_SUPPRESSION)
             factor = [1.0 / E2E_SCALE] * batch.image_shape[0]
             if self.hcal_channel is not None:
                 factor[self.hcal_channel] = E2E_HCAL_FACTOR / E2E_SCALE
-            return batch.replace(values=batch.values * self._per_value(batch, factor)).dense(True, out)
+            return batch.replace(values=batch.values * self._per_value(batch, factor)).dense(channels_last=True, out=out)
         if self.method == "standardise":
-            dense = batch.dense(True, out)
+            dense = batch.dense(channels_last=True, out=out)
             mean = torch.tensor(self.mean, dtype=dense.dtype, device=dense.device).view(1, -1, 1, 1)
             std = torch.tensor(self.std, dtype=dense.dtype, device=dense.device).view(1, -1, 1, 1)
             return dense.sub_(mean).div_(std)
